@@ -1,0 +1,3 @@
+"""Nurture: self-hosted lifecycle marketing automation."""
+
+__version__ = "0.1.0"

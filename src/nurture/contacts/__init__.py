@@ -1,0 +1,1 @@
+"""Contacts: profiles, their reserved traits, accounts, and personal-data requests."""

@@ -1,0 +1,1 @@
+"""Ingest: Segment-spec messages in, validated, deduplicated, identity-resolved events out."""

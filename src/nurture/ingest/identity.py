@@ -1,0 +1,393 @@
+"""Identity resolution for one batch of messages, inside one write transaction.
+
+A contact is known by identities: `user_id` values (the primary one, and any
+aliases) and `anonymous_id` values. For a batch we load every identity and
+contact it mentions once, resolve message by message in memory (a message may
+link identities that a later message in the same batch relies on), then write
+the outcome with a handful of bulk statements.
+
+The rules (DESIGN §2, docs/ingest.md "Identity"):
+
+- userId U and anonymousId A: U's contact gets A. If A already had an anonymous
+  contact, that contact is merged into U's. If A belongs to a *different*
+  identified contact (a shared device), nothing is merged and the message goes to U.
+- userId only: U's contact, created on first sight.
+- anonymousId only: A's contact, created (anonymous) on first sight.
+- alias previousId P → userId U: the contacts of P and U become one (P's merged
+  into U's); if only one exists, it gets the other identity.
+
+A merge moves events, identities and account memberships to the survivor and
+combines traits (the identified contact's values win). The merged contact stays
+as a tombstone pointing at the survivor; nothing is deleted or duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, insert, or_, select, tuple_, update
+
+from nurture.contacts.profile import build_profile
+from nurture.ingest.messages import Message
+from nurture.store import tables as t
+
+USER = "user_id"
+ANON = "anonymous_id"
+_CHUNK = 500
+
+
+@dataclass(slots=True)
+class ContactState:
+    key: int  # the database id, or a negative placeholder until inserted
+    persisted: bool
+    user_id: str | None
+    traits: dict[str, Any]
+    first_seen: datetime
+    last_seen: datetime
+    created_at: datetime
+    context: dict[str, Any] | None = None
+    dirty: bool = False
+    traits_dirty: bool = False
+    user_id_dirty: bool = False
+    merged_into: int | None = None
+
+
+@dataclass(slots=True)
+class PendingMerge:
+    loser: int
+    winner: int
+    reason: str
+    message_id: str
+
+
+@dataclass
+class Resolver:
+    """Resolves the contacts of one batch; `flush()` writes the result."""
+
+    conn: Connection
+    now: datetime
+    default_region: str | None = None
+    contacts: dict[int, ContactState] = field(default_factory=dict)
+    ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    new_ids: list[tuple[str, str]] = field(default_factory=list)
+    merges: list[PendingMerge] = field(default_factory=list)
+    _next_key: int = -1
+    _real: dict[int, int] = field(default_factory=dict)
+
+    # -- loading ---------------------------------------------------------------
+
+    def prefetch(self, messages: list[Message]) -> None:
+        """Load every identity and contact the batch mentions, locking the contacts
+        on PostgreSQL so that concurrent batches update them one after another."""
+        wanted: set[tuple[str, str]] = set()
+        for m in messages:
+            if m.user_id:
+                wanted.add((USER, m.user_id))
+            if m.anonymous_id:
+                wanted.add((ANON, m.anonymous_id))
+            if m.previous_id:
+                wanted.add((USER, m.previous_id))
+                wanted.add((ANON, m.previous_id))
+        keys = sorted(wanted)
+        contact_ids: set[int] = set()
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i : i + _CHUNK]
+            rows = self.conn.execute(
+                select(t.identities.c.kind, t.identities.c.value, t.identities.c.contact_id).where(
+                    tuple_(t.identities.c.kind, t.identities.c.value).in_(chunk)
+                )
+            )
+            for kind, value, contact_id in rows:
+                self.ids[(kind, value)] = contact_id
+                contact_ids.add(contact_id)
+        self._load_contacts(sorted(contact_ids))
+
+    def _load_contacts(self, ids: list[int]) -> None:
+        c = t.contacts.c
+        for i in range(0, len(ids), _CHUNK):
+            query = (
+                select(c.id, c.user_id, c.traits, c.first_seen_at, c.last_seen_at, c.created_at)
+                .where(c.id.in_(ids[i : i + _CHUNK]))
+                .order_by(c.id)
+            )
+            if self.conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            for row in self.conn.execute(query):
+                self.contacts[row.id] = ContactState(
+                    key=row.id,
+                    persisted=True,
+                    user_id=row.user_id,
+                    traits=dict(row.traits or {}),
+                    first_seen=row.first_seen_at,
+                    last_seen=row.last_seen_at,
+                    created_at=row.created_at,
+                )
+
+    # -- resolving ---------------------------------------------------------------
+
+    def find(self, key: int) -> int:
+        """The live contact a key ends up at after merges."""
+        state = self.contacts[key]
+        while state.merged_into is not None:
+            state = self.contacts[state.merged_into]
+        return state.key
+
+    def _lookup(self, kind: str, value: str | None) -> int | None:
+        if value is None:
+            return None
+        key = self.ids.get((kind, value))
+        return None if key is None else self.find(key)
+
+    def _new_contact(self, user_id: str | None, at: datetime) -> int:
+        key = self._next_key
+        self._next_key -= 1
+        self.contacts[key] = ContactState(
+            key=key,
+            persisted=False,
+            user_id=user_id,
+            traits={},
+            first_seen=at,
+            last_seen=at,
+            created_at=self.now,
+            dirty=True,
+            traits_dirty=True,
+        )
+        return key
+
+    def _attach(self, kind: str, value: str, key: int) -> None:
+        if (kind, value) not in self.ids:
+            self.ids[(kind, value)] = key
+            self.new_ids.append((kind, value))
+
+    def resolve(self, m: Message) -> int:
+        """The contact key this message belongs to, linking identities on the way."""
+        if m.type == "alias":
+            key = self._alias(m)
+        else:
+            key = self._identify(m)
+        state = self.contacts[key]
+        if m.timestamp > state.last_seen:
+            state.last_seen = m.timestamp
+            state.dirty = True
+        if m.timestamp < state.first_seen:
+            state.first_seen = m.timestamp
+            state.dirty = True
+        return key
+
+    def _identify(self, m: Message) -> int:
+        u, a = m.user_id, m.anonymous_id
+        cu, ca = self._lookup(USER, u), self._lookup(ANON, a)
+        if u is None:
+            assert a is not None  # validation guarantees one of them
+            if ca is None:
+                ca = self._new_contact(None, m.timestamp)
+                self._attach(ANON, a, ca)
+            return ca
+        if cu is None:
+            if ca is not None and self.contacts[ca].user_id is None:
+                state = self.contacts[ca]  # the anonymous visitor identifies
+                state.user_id, state.user_id_dirty, state.dirty = u, True, True
+                self._attach(USER, u, ca)
+                return ca
+            cu = self._new_contact(u, m.timestamp)
+            self._attach(USER, u, cu)
+            if a is not None and ca is None:
+                self._attach(ANON, a, cu)
+            return cu
+        if a is not None:
+            if ca is None:
+                self._attach(ANON, a, cu)
+            elif ca != cu and self.contacts[ca].user_id is None:
+                return self._merge(ca, cu, "identify", m.message_id)
+        return cu
+
+    def _alias(self, m: Message) -> int:
+        assert m.previous_id is not None and m.user_id is not None
+        p, u = m.previous_id, m.user_id
+        cp = self._lookup(USER, p) or self._lookup(ANON, p)
+        cu = self._lookup(USER, u)
+        if cp is None and cu is None:
+            cu = self._new_contact(u, m.timestamp)
+            self._attach(USER, u, cu)
+            self._attach(USER, p, cu)
+            self._attach(ANON, p, cu)
+            return cu
+        if cp is None:
+            assert cu is not None
+            self._attach(USER, p, cu)
+            self._attach(ANON, p, cu)
+            return cu
+        if cu is None:
+            state = self.contacts[cp]
+            if state.user_id is None:
+                state.user_id, state.user_id_dirty, state.dirty = u, True, True
+            self._attach(USER, u, cp)
+            return cp
+        if cp != cu:
+            return self._merge(cp, cu, "alias", m.message_id)
+        return cu
+
+    def _merge(self, loser: int, winner: int, reason: str, message_id: str) -> int:
+        """Merge two live contacts; `winner`'s traits take precedence. Returns the survivor.
+
+        When the winner was created in this very batch and the loser is an
+        anonymous contact already stored, the stored row survives instead (it
+        takes the winner's user id): fewer rows to move, same outcome.
+        """
+        lose, win = self.contacts[loser], self.contacts[winner]
+        traits = {**lose.traits, **win.traits}
+        if not win.persisted and lose.persisted and lose.user_id is None:
+            lose, win = win, lose
+            win.user_id, win.user_id_dirty = lose.user_id, True
+            lose.user_id = None
+        win.traits = traits
+        win.first_seen = min(win.first_seen, lose.first_seen)
+        win.last_seen = max(win.last_seen, lose.last_seen)
+        win.context = win.context or lose.context
+        win.dirty = win.traits_dirty = True
+        lose.merged_into = win.key
+        for ident, key in self.ids.items():
+            if key == lose.key:
+                self.ids[ident] = win.key
+        if lose.persisted:
+            self.merges.append(PendingMerge(lose.key, win.key, reason, message_id))
+        return win.key
+
+    def apply_traits(self, key: int, traits: dict[str, Any], context: dict[str, Any] | None) -> None:
+        """Shallow-merge identify traits; a trait sent as null is removed."""
+        state = self.contacts[key]
+        for name, value in traits.items():
+            if value is None:
+                state.traits.pop(name, None)
+            else:
+                state.traits[name] = value
+        if context:
+            state.context = context
+        state.dirty = state.traits_dirty = True
+
+    # -- writing -----------------------------------------------------------------
+
+    def real_id(self, key: int) -> int:
+        """The database id of the live contact behind `key` (after `flush_contacts`)."""
+        live = self.find(key)
+        return live if live > 0 else self._real[live]
+
+    def flush_contacts(self) -> None:
+        """Insert new contacts, apply merges, store identities and contact updates."""
+        self._insert_new_contacts()
+        for merge in self.merges:
+            self._apply_merge(merge)
+        if self.new_ids:
+            rows = [
+                {"kind": k, "value": v, "contact_id": self.real_id(self.ids[(k, v)]),
+                 "created_at": self.now}
+                for k, v in self.new_ids
+            ]
+            self.conn.execute(insert(t.identities), rows)
+        self._update_contacts()
+
+    def _profile_columns(self, state: ContactState) -> dict[str, Any]:
+        profile = build_profile(
+            state.traits, context=state.context, default_region=self.default_region
+        )
+        return {
+            "traits": state.traits,
+            "trait_issues": profile.issues,
+            "email": profile.email,
+            "phone": profile.phone,
+            "country": profile.country,
+            "timezone": profile.timezone,
+            "locale": profile.locale,
+        }
+
+    def _insert_new_contacts(self) -> None:
+        new = [s for s in self.contacts.values() if not s.persisted and s.merged_into is None]
+        if not new:
+            return
+        rows = []
+        for s in new:
+            row = self._profile_columns(s)
+            row.update(
+                user_id=s.user_id,
+                first_seen_at=s.first_seen,
+                last_seen_at=s.last_seen,
+                created_at=self.now,
+                updated_at=self.now,
+            )
+            rows.append(row)
+        result = self.conn.execute(
+            insert(t.contacts).returning(t.contacts.c.id, sort_by_parameter_order=True), rows
+        )
+        for s, (new_id,) in zip(new, result.all(), strict=True):
+            self._real[s.key] = new_id
+
+    def _apply_merge(self, merge: PendingMerge) -> None:
+        into = self.real_id(merge.winner)
+        loser = merge.loser
+        self.conn.execute(
+            update(t.events).where(t.events.c.contact_id == loser).values(contact_id=into)
+        )
+        self.conn.execute(
+            update(t.identities).where(t.identities.c.contact_id == loser).values(contact_id=into)
+        )
+        m = t.account_members.c
+        self.conn.execute(
+            delete(t.account_members).where(
+                and_(
+                    m.contact_id == loser,
+                    m.account_id.in_(select(m.account_id).where(m.contact_id == into)),
+                )
+            )
+        )
+        self.conn.execute(
+            update(t.account_members).where(m.contact_id == loser).values(contact_id=into)
+        )
+        c = t.contacts.c
+        self.conn.execute(
+            update(t.contacts).where(c.merged_into == loser).values(merged_into=into)
+        )
+        self.conn.execute(
+            update(t.contacts)
+            .where(c.id == loser)
+            .values(
+                merged_into=into, user_id=None, traits={}, trait_issues={}, email=None,
+                phone=None, updated_at=self.now,
+            )
+        )
+        self.conn.execute(
+            insert(t.contact_merges).values(
+                from_contact_id=loser, into_contact_id=into, reason=merge.reason,
+                message_id=merge.message_id, merged_at=self.now,
+            )
+        )
+
+    def _update_contacts(self) -> None:
+        c = t.contacts.c
+        for s in self.contacts.values():
+            if not (s.persisted and s.merged_into is None and s.dirty):
+                continue
+            values: dict[str, Any] = {
+                "first_seen_at": s.first_seen,
+                "last_seen_at": s.last_seen,
+                "updated_at": self.now,
+            }
+            if s.traits_dirty:
+                values.update(self._profile_columns(s))
+            if s.user_id_dirty:
+                values["user_id"] = s.user_id
+            self.conn.execute(update(t.contacts).where(c.id == s.key).values(**values))
+
+
+def lookup_contact_id(conn: Connection, *, user_id: str | None, anonymous_id: str | None) -> int | None:
+    """The live contact id for a user id or anonymous id, or None."""
+    conds = []
+    if user_id:
+        conds.append(and_(t.identities.c.kind == USER, t.identities.c.value == user_id))
+    if anonymous_id:
+        conds.append(and_(t.identities.c.kind == ANON, t.identities.c.value == anonymous_id))
+    if not conds:
+        return None
+    found = conn.execute(select(t.identities.c.contact_id).where(or_(*conds)).limit(1)).scalar()
+    return int(found) if found is not None else None

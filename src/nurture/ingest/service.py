@@ -1,0 +1,256 @@
+"""The ingest service: parse a batch, store the valid messages, keep the rejected ones.
+
+`parse_batch` is pure (no I/O) and runs on the caller's thread. `store` runs in one
+write transaction and is what the writer (see `writer.py`) calls, possibly with
+several batches at once: one commit for many requests is how SQLite keeps up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from nurture.ingest.identity import Resolver
+from nurture.ingest.messages import Message, MessageError, parse_message
+from nurture.store import tables as t
+
+_CHUNK = 500
+
+
+@dataclass(slots=True)
+class Rejection:
+    """One message that was not stored, and why; kept raw in `rejected_events`."""
+
+    index: int | None
+    message_id: str | None
+    code: str
+    path: str | None
+    message: str
+    raw: str | None
+    size: int
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "messageId": self.message_id,
+            "code": self.code,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+@dataclass
+class ParsedBatch:
+    messages: list[Message] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "success": True,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+def _raw_text(raw: Any) -> tuple[str, int]:
+    try:
+        data = orjson.dumps(raw)
+    except TypeError:
+        data = repr(raw).encode()
+    return data.decode(), len(data)
+
+
+def parse_batch(
+    raws: list[Any],
+    *,
+    received_at: datetime,
+    source: str,
+    max_message_bytes: int,
+    default_type: str | None = None,
+    batch_sent_at: datetime | None = None,
+    batch_context: dict[str, Any] | None = None,
+    path_prefix: str = "batch",
+) -> ParsedBatch:
+    """Validate each message on its own; never raises for a bad message."""
+    out = ParsedBatch()
+    for index, raw in enumerate(raws):
+        text, size = _raw_text(raw)
+        message_id = raw.get("messageId") if isinstance(raw, dict) else None
+        message_id = str(message_id) if message_id is not None else None
+        prefix = f"{path_prefix}[{index}]" if path_prefix else ""
+        if size > max_message_bytes:
+            out.rejections.append(
+                Rejection(
+                    index, message_id, "message_too_large", prefix or None,
+                    f"message is {size} bytes; the limit is {max_message_bytes}",
+                    text, size, source,
+                )
+            )
+            continue
+        try:
+            out.messages.append(
+                parse_message(
+                    raw,
+                    received_at=received_at,
+                    default_type=default_type,
+                    batch_sent_at=batch_sent_at,
+                    batch_context=batch_context,
+                )
+            )
+        except MessageError as exc:
+            path = ".".join(p for p in (prefix, exc.path) if p) or None
+            out.rejections.append(
+                Rejection(index, message_id, exc.code, path, exc.message, text, size, source)
+            )
+    return out
+
+
+def _on_conflict_do_nothing(conn: Connection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+class IngestStore:
+    """Writes parsed messages inside a transaction the caller owns."""
+
+    def __init__(self, default_region: str | None = None) -> None:
+        self.default_region = default_region
+
+    def store(self, conn: Connection, messages: list[Message], now: datetime) -> set[str]:
+        """Store `messages` (already valid); returns the message ids stored now.
+        A message whose id is stored already, or repeats earlier in the list, is skipped."""
+        unique: dict[str, Message] = {}
+        for m in messages:
+            unique.setdefault(m.message_id, m)
+        ids = list(unique)
+        for i in range(0, len(ids), _CHUNK):
+            seen = conn.execute(
+                select(t.events.c.message_id).where(t.events.c.message_id.in_(ids[i : i + _CHUNK]))
+            ).scalars()
+            for message_id in seen:
+                del unique[message_id]
+        fresh = list(unique.values())
+        if not fresh:
+            return set()
+
+        resolver = Resolver(conn, now, self.default_region)
+        resolver.prefetch(fresh)
+        keys = []
+        groups: list[tuple[Message, int]] = []
+        for m in fresh:
+            key = resolver.resolve(m)
+            keys.append(key)
+            if m.type == "identify" and m.traits is not None:
+                resolver.apply_traits(key, m.traits, m.context)
+            elif m.type == "group":
+                groups.append((m, key))
+        resolver.flush_contacts()
+
+        rows = [
+            {
+                "message_id": m.message_id,
+                "type": m.type,
+                "event": m.event,
+                "contact_id": resolver.real_id(key),
+                "user_id": m.user_id,
+                "anonymous_id": m.anonymous_id if m.type != "alias" else m.previous_id,
+                "group_id": m.group_id,
+                "timestamp": m.timestamp,
+                "received_at": m.received_at,
+                "sent_at": m.sent_at,
+                "original_timestamp": m.original_timestamp,
+                "properties": m.properties,
+                "traits": m.traits if m.type in ("identify", "group") else None,
+                "context": m.context,
+            }
+            for m, key in zip(fresh, keys, strict=True)
+        ]
+        conn.execute(_on_conflict_do_nothing(conn, t.events), rows)
+        if groups:
+            self._store_groups(conn, groups, resolver, now)
+        return set(unique)
+
+    def _store_groups(
+        self, conn: Connection, groups: list[tuple[Message, int]], resolver: Resolver,
+        now: datetime,
+    ) -> None:
+        a = t.accounts.c
+        wanted = sorted({m.group_id for m, _ in groups if m.group_id})
+        query = select(a.id, a.group_id, a.traits).where(a.group_id.in_(wanted)).order_by(a.id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        known = {row.group_id: (row.id, dict(row.traits or {})) for row in conn.execute(query)}
+        changed: dict[str, dict[str, Any]] = {}
+        for m, _ in groups:
+            assert m.group_id is not None
+            traits = changed.get(m.group_id) or dict(known.get(m.group_id, (0, {}))[1])
+            for name, value in (m.traits or {}).items():
+                if value is None:
+                    traits.pop(name, None)
+                else:
+                    traits[name] = value
+            changed[m.group_id] = traits
+        for group_id, traits in changed.items():
+            name = traits.get("name") if isinstance(traits.get("name"), str) else None
+            if group_id in known:
+                conn.execute(
+                    t.accounts.update()
+                    .where(a.id == known[group_id][0])
+                    .values(traits=traits, name=name, updated_at=now)
+                )
+            else:
+                new_id = conn.execute(
+                    insert(t.accounts)
+                    .values(group_id=group_id, traits=traits, name=name, created_at=now,
+                            updated_at=now)
+                    .returning(a.id)
+                ).scalar_one()
+                known[group_id] = (new_id, traits)
+        members = {
+            (known[m.group_id][0], resolver.real_id(key)): m.timestamp
+            for m, key in groups
+            if m.group_id
+        }
+        conn.execute(
+            _on_conflict_do_nothing(conn, t.account_members),
+            [
+                {"account_id": acc, "contact_id": contact, "joined_at": at}
+                for (acc, contact), at in members.items()
+            ],
+        )
+
+
+def store_rejections(conn: Connection, rejections: list[Rejection], now: datetime) -> None:
+    """Keep rejected input, raw, for inspection and replay."""
+    if not rejections:
+        return
+    conn.execute(
+        insert(t.rejected_events),
+        [
+            {
+                "received_at": now,
+                "source": r.source[:500],
+                "code": r.code,
+                "path": r.path,
+                "message": r.message,
+                "message_id": r.message_id,
+                "raw": r.raw,
+                "size": r.size,
+            }
+            for r in rejections
+        ],
+    )

@@ -1,0 +1,163 @@
+"""The ingest writer: group commit of many requests' batches in one transaction.
+
+An SQLite database takes one writer at a time, and each commit costs an fsync.
+Request handlers therefore hand their parsed batch to this writer and wait for
+its future; the writer thread takes whatever has queued up (up to
+`max_messages`) and stores it in one transaction. A request is answered only
+after the commit that holds its messages (DESIGN §9: acknowledged = stored).
+
+On PostgreSQL several writer threads run, each with its own transactions, and a
+batch that loses a race (a deadlock, or two processes creating the same
+contact) is simply retried: its effects were rolled back whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from nurture.clock import Clock
+from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, store_rejections
+from nurture.store import Database
+
+log = logging.getLogger(__name__)
+_RETRIES = 8
+
+
+@dataclass
+class _Item:
+    batch: ParsedBatch
+    future: Future[BatchResult]
+
+
+class IngestWriter:
+    """Owns the writer thread(s). Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        store: IngestStore | None = None,
+        *,
+        threads: int | None = None,
+        max_messages: int = 5000,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.store = store or IngestStore()
+        self.max_messages = max_messages
+        self.threads = threads or (1 if db.is_sqlite else 4)
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> IngestWriter:
+        for n in range(self.threads):
+            thread = threading.Thread(target=self._run, name=f"nurture-ingest-{n}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Finish what is queued, then stop the threads."""
+        for _ in self._workers:
+            self._queue.put(None)
+        for thread in self._workers:
+            thread.join()
+        self._workers.clear()
+
+    def __enter__(self) -> IngestWriter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def submit(self, batch: ParsedBatch) -> Future[BatchResult]:
+        """Queue a parsed batch; the future resolves after its commit."""
+        if not self._workers:
+            raise RuntimeError("the ingest writer is not running")
+        future: Future[BatchResult] = Future()
+        self._queue.put(_Item(batch, future))
+        return future
+
+    def ingest(self, batch: ParsedBatch) -> BatchResult:
+        """Store a batch and wait for the commit."""
+        return self.submit(batch).result()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            size = len(item.batch.messages) + len(item.batch.rejections)
+            stop = False
+            while size < self.max_messages:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+                size += len(nxt.batch.messages) + len(nxt.batch.rejections)
+            self._commit(group)
+            if stop:
+                return
+
+    def _commit(self, group: list[_Item]) -> None:
+        for attempt in range(_RETRIES):
+            try:
+                results = self._store(group)
+            except (IntegrityError, DBAPIError) as exc:
+                retryable = isinstance(exc, IntegrityError) or _is_transient(exc)
+                if retryable and attempt + 1 < _RETRIES and not self.db.is_sqlite:
+                    log.info("ingest transaction lost a race, retrying: %s", exc.orig)
+                    continue
+                self._fail(group, exc)
+                return
+            except Exception as exc:  # never let one batch kill the writer thread
+                self._fail(group, exc)
+                return
+            for item, result in zip(group, results, strict=True):
+                item.future.set_result(result)
+            return
+
+    def _fail(self, group: list[_Item], exc: Exception) -> None:
+        if len(group) > 1:
+            # Isolate the batch that caused it; the others still get stored.
+            for item in group:
+                self._commit([item])
+            return
+        log.exception("ingest batch failed", exc_info=exc)
+        group[0].future.set_exception(exc)
+
+    def _store(self, group: list[_Item]) -> list[BatchResult]:
+        with self.db.write() as conn:
+            now = self.clock.now()
+            messages = [m for item in group for m in item.batch.messages]
+            stored = self.store.store(conn, messages, now)
+            for item in group:
+                store_rejections(conn, item.batch.rejections, now)
+        results = []
+        claimed: set[str] = set()
+        for item in group:
+            result = BatchResult(rejected=item.batch.rejections)
+            for m in item.batch.messages:
+                if m.message_id in stored and m.message_id not in claimed:
+                    claimed.add(m.message_id)
+                    result.accepted += 1
+                else:
+                    result.duplicates += 1
+            results.append(result)
+        return results
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40001", "40P01", "55P03")  # serialization, deadlock, lock not available

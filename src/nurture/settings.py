@@ -1,0 +1,147 @@
+"""Settings: the only reader of environment variables and config files.
+
+Precedence, highest first: explicit keyword arguments, `NURTURE_*` environment
+variables, the YAML file (`NURTURE_CONFIG`, or `nurture.yaml` in the working
+directory when it exists), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+
+from nurture.errors import ConfigError
+
+ENV_PREFIX = "NURTURE_"
+DEFAULT_CONFIG_FILE = "nurture.yaml"
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", path=f"{ENV_PREFIX}CONFIG")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is documented in docs/settings.md."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: str = Field(
+        "sqlite:///nurture.db",
+        description="SQLAlchemy URL: sqlite:///path.db (default) or postgresql://user@host/db",
+    )
+    host: str = Field("127.0.0.1", description="Address `nurture serve` listens on")
+    port: int = Field(8000, ge=1, le=65535, description="Port `nurture serve` listens on")
+    api_processes: int = Field(
+        1, ge=1, le=64, description="HTTP worker processes for `nurture serve` (PostgreSQL)"
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite fsync policy: FULL survives power loss; NORMAL only process crashes",
+    )
+    max_message_bytes: int = Field(32 * 1024, ge=1024, description="Largest single message")
+    max_request_bytes: int = Field(500 * 1024, ge=1024, description="Largest request body")
+    rejected_keep_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=0,
+        description="Oversized requests up to this size are still kept raw for inspection",
+    )
+    ingest_group_max_messages: int = Field(
+        5000, ge=1, description="Most messages the SQLite writer commits in one transaction"
+    )
+    default_phone_region: str | None = Field(
+        None, description="ISO country used to read phone numbers without a country code"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    secret_key: SecretStr | None = Field(
+        None, description="Secret for signed links (tracking, preferences); set in production"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except Exception as exc:  # SQLAlchemy raises ArgumentError with a plain message
+            raise ValueError(f"not a database URL: {exc}") from None
+        backend = url.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"backend {backend!r} is not supported; use sqlite or postgresql")
+        return value
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _check_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if len(value) != 2 or not value.isalpha():
+            raise ValueError("expected a two-letter ISO country code like US or DE")
+        return value.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with secrets replaced by `***`."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else ""
+            elif name == "database_url":
+                url = make_url(value)
+                value = url.render_as_string(hide_password=True)
+            out[name] = value
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, turning the first problem into a ConfigError
+    that names the setting as the operator writes it."""
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {err['msg']}")
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise ConfigError("invalid settings: " + "; ".join(problems), path=path) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # a broken YAML file
+        raise ConfigError(f"cannot read settings: {exc}", path="NURTURE_CONFIG") from None

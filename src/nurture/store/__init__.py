@@ -1,0 +1,5 @@
+"""Storage: the engine wrapper, the tables and their migrations."""
+
+from nurture.store.database import Database
+
+__all__ = ["Database"]

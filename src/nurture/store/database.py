@@ -1,0 +1,152 @@
+"""The database wrapper: one engine, reads in parallel, writes serialised on SQLite.
+
+SQLite allows one writer at a time. Rather than let threads fight over the lock
+(and fail with "database is locked"), every write in this process goes through
+`Database.write()`, which holds a process-wide lock and opens the transaction with
+BEGIN IMMEDIATE. PostgreSQL writes run concurrently; callers that race there use
+unique constraints and `ON CONFLICT`, not "check then insert".
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, create_engine, event, select, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+from nurture.store import tables
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class Database:
+    """Owns the SQLAlchemy engine for one database (SQLite file or PostgreSQL)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        search_path: str | None = None,
+        pool_size: int = 5,
+    ) -> None:
+        parsed = make_url(url)
+        self.backend = parsed.get_backend_name()
+        if self.backend == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.url = parsed
+        self._write_lock = threading.RLock()
+        kwargs: dict[str, Any] = {
+            "json_serializer": _json_dumps,
+            "json_deserializer": orjson.loads,
+        }
+        if self.backend == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            self.engine = create_engine(parsed, **kwargs)
+            self._configure_sqlite(self.engine, sqlite_synchronous)
+        else:
+            connect_args: dict[str, Any] = {}
+            if search_path:
+                connect_args["options"] = f"-csearch_path={search_path}"
+            self.engine = create_engine(
+                parsed,
+                pool_size=pool_size,
+                max_overflow=pool_size * 2,
+                pool_pre_ping=True,
+                connect_args=connect_args,
+                **kwargs,
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @staticmethod
+    def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+        # pysqlite's own transaction handling delays BEGIN and cannot do IMMEDIATE;
+        # take it over as the SQLAlchemy docs recommend.
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=OFF")
+            cur.execute("PRAGMA cache_size=-65536")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get("nurture_write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads; on SQLite it sees the last committed state (WAL)."""
+        with self.engine.connect() as conn:
+            yield conn
+            conn.rollback()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back on error."""
+        if self.is_sqlite:
+            with self._write_lock, self.engine.connect() as conn:
+                conn = conn.execution_options(nurture_write=True)
+                with conn.begin():
+                    yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (safe to run from many processes)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.write() as conn:
+            if not self.is_sqlite:
+                # Two processes starting together must not both run the migrations.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7263551)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            self._ensure_salt(conn)
+
+    @staticmethod
+    def _ensure_salt(conn: Connection) -> None:
+        exists = conn.execute(
+            select(tables.meta.c.value).where(tables.meta.c.key == "salt")
+        ).scalar()
+        if exists is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        tables.meta.insert().values(key="salt", value=secrets.token_hex(32))
+                    )
+            except IntegrityError:
+                pass
+
+    def meta_value(self, key: str) -> str | None:
+        with self.read() as conn:
+            return conn.execute(
+                select(tables.meta.c.value).where(tables.meta.c.key == key)
+            ).scalar()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

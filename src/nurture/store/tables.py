@@ -1,0 +1,168 @@
+"""Every table, in SQLAlchemy Core. Changes here need an Alembic migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from nurture.store.types import BigId, Json, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # write | admin
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # shown in listings; not enough to use
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("user_id", String(255), unique=True),
+    Column("email", String(320)),
+    Column("phone", String(32)),
+    Column("country", String(2)),
+    Column("timezone", String(64)),
+    Column("locale", String(35)),
+    Column("traits", Json, nullable=False),
+    # Trait values that failed validation, by trait path: kept as given in `traits`.
+    Column("trait_issues", Json, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Set when this contact was merged into another; the row stays as a tombstone.
+    Column("merged_into", BigId),
+    Index(None, "email"),
+    Index(None, "phone"),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("kind", String(16), nullable=False),  # user_id | anonymous_id
+    Column("value", String(255), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("kind", "value"),
+    Index(None, "contact_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", String(255), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("event", String(255)),  # track event name, or page/screen name
+    Column("contact_id", BigId, nullable=False),
+    Column("user_id", String(255)),
+    Column("anonymous_id", String(255)),
+    Column("group_id", String(255)),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("original_timestamp", UTCDateTime),
+    Column("properties", Json),
+    Column("traits", Json),
+    Column("context", Json),
+    UniqueConstraint("message_id"),
+    Index(None, "contact_id", "timestamp"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("group_id", String(255), nullable=False, unique=True),
+    Column("name", String(500)),
+    Column("traits", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+account_members = Table(
+    "account_members",
+    metadata,
+    Column("account_id", BigId, nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("joined_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("account_id", "contact_id"),
+    Index(None, "contact_id"),
+)
+
+contact_merges = Table(
+    "contact_merges",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("from_contact_id", BigId, nullable=False),
+    Column("into_contact_id", BigId, nullable=False),
+    Column("reason", String(16), nullable=False),  # identify | alias
+    Column("message_id", String(255)),
+    Column("merged_at", UTCDateTime, nullable=False),
+    Index(None, "into_contact_id"),
+)
+
+rejected_events = Table(
+    "rejected_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("source", String(500), nullable=False),  # http:/v1/batch, import:file.jsonl:12, ...
+    Column("code", String(64), nullable=False),
+    Column("path", String(500)),
+    Column("message", Text, nullable=False),
+    Column("message_id", String(255)),
+    Column("raw", Text),  # the input exactly as received (decoded), when it was kept
+    Column("size", Integer, nullable=False),
+    Column("replayed_at", UTCDateTime),
+    Column("replay_result", String(32)),  # accepted | duplicate | rejected
+    Index(None, "replayed_at", "id"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("hash", String(64), primary_key=True),  # sha256(salt + normalised address)
+    Column("kind", String(16), nullable=False),  # email | phone
+    Column("reason", String(32), nullable=False),  # erased | bounced | complained | stop
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("contact_id", BigId, nullable=False),
+    Column("events_deleted", Integer, nullable=False),
+    Column("erased_at", UTCDateTime, nullable=False),
+)
