@@ -163,10 +163,7 @@ class Resolver:
 
     def resolve(self, m: Message) -> int:
         """The contact key this message belongs to, linking identities on the way."""
-        if m.type == "alias":
-            key = self._alias(m)
-        else:
-            key = self._identify(m)
+        key = self._alias(m) if m.type == "alias" else self._identify(m)
         state = self.contacts[key]
         if m.timestamp > state.last_seen:
             state.last_seen = m.timestamp
@@ -255,7 +252,9 @@ class Resolver:
             self.merges.append(PendingMerge(lose.key, win.key, reason, message_id))
         return win.key
 
-    def apply_traits(self, key: int, traits: dict[str, Any], context: dict[str, Any] | None) -> None:
+    def apply_traits(
+        self, key: int, traits: dict[str, Any], context: dict[str, Any] | None
+    ) -> None:
         """Shallow-merge identify traits; a trait sent as null is removed."""
         state = self.contacts[key]
         for name, value in traits.items():
@@ -281,8 +280,12 @@ class Resolver:
             self._apply_merge(merge)
         if self.new_ids:
             rows = [
-                {"kind": k, "value": v, "contact_id": self.real_id(self.ids[(k, v)]),
-                 "created_at": self.now}
+                {
+                    "kind": k,
+                    "value": v,
+                    "contact_id": self.real_id(self.ids[(k, v)]),
+                    "created_at": self.now,
+                }
                 for k, v in self.new_ids
             ]
             self.conn.execute(insert(t.identities), rows)
@@ -345,21 +348,27 @@ class Resolver:
             update(t.account_members).where(m.contact_id == loser).values(contact_id=into)
         )
         c = t.contacts.c
-        self.conn.execute(
-            update(t.contacts).where(c.merged_into == loser).values(merged_into=into)
-        )
+        self.conn.execute(update(t.contacts).where(c.merged_into == loser).values(merged_into=into))
         self.conn.execute(
             update(t.contacts)
             .where(c.id == loser)
             .values(
-                merged_into=into, user_id=None, traits={}, trait_issues={}, email=None,
-                phone=None, updated_at=self.now,
+                merged_into=into,
+                user_id=None,
+                traits={},
+                trait_issues={},
+                email=None,
+                phone=None,
+                updated_at=self.now,
             )
         )
         self.conn.execute(
             insert(t.contact_merges).values(
-                from_contact_id=loser, into_contact_id=into, reason=merge.reason,
-                message_id=merge.message_id, merged_at=self.now,
+                from_contact_id=loser,
+                into_contact_id=into,
+                reason=merge.reason,
+                message_id=merge.message_id,
+                merged_at=self.now,
             )
         )
 
@@ -380,7 +389,9 @@ class Resolver:
             self.conn.execute(update(t.contacts).where(c.id == s.key).values(**values))
 
 
-def lookup_contact_id(conn: Connection, *, user_id: str | None, anonymous_id: str | None) -> int | None:
+def lookup_contact_id(
+    conn: Connection, *, user_id: str | None, anonymous_id: str | None
+) -> int | None:
     """The live contact id for a user id or anonymous id, or None."""
     conds = []
     if user_id:

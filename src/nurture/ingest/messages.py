@@ -127,7 +127,9 @@ def parse_message(
 
     kind = raw.get("type") or default_type
     if kind is None:
-        raise MessageError("missing_field", "type", f"is required: one of {', '.join(MESSAGE_TYPES)}")
+        raise MessageError(
+            "missing_field", "type", f"is required: one of {', '.join(MESSAGE_TYPES)}"
+        )
     if not isinstance(kind, str) or kind.lower() not in MESSAGE_TYPES:
         raise MessageError("invalid_value", "type", f"must be one of {', '.join(MESSAGE_TYPES)}")
     kind = kind.lower()

@@ -95,9 +95,14 @@ def parse_batch(
         if size > max_message_bytes:
             out.rejections.append(
                 Rejection(
-                    index, message_id, "message_too_large", prefix or None,
+                    index,
+                    message_id,
+                    "message_too_large",
+                    prefix or None,
                     f"message is {size} bytes; the limit is {max_message_bytes}",
-                    text, size, source,
+                    text,
+                    size,
+                    source,
                 )
             )
             continue
@@ -185,7 +190,10 @@ class IngestStore:
         return set(unique)
 
     def _store_groups(
-        self, conn: Connection, groups: list[tuple[Message, int]], resolver: Resolver,
+        self,
+        conn: Connection,
+        groups: list[tuple[Message, int]],
+        resolver: Resolver,
         now: datetime,
     ) -> None:
         a = t.accounts.c
@@ -205,7 +213,8 @@ class IngestStore:
                     traits[name] = value
             changed[m.group_id] = traits
         for group_id, traits in changed.items():
-            name = traits.get("name") if isinstance(traits.get("name"), str) else None
+            raw_name = traits.get("name")
+            name = raw_name[:500] if isinstance(raw_name, str) else None
             if group_id in known:
                 conn.execute(
                     t.accounts.update()
@@ -215,8 +224,9 @@ class IngestStore:
             else:
                 new_id = conn.execute(
                     insert(t.accounts)
-                    .values(group_id=group_id, traits=traits, name=name, created_at=now,
-                            updated_at=now)
+                    .values(
+                        group_id=group_id, traits=traits, name=name, created_at=now, updated_at=now
+                    )
                     .returning(a.id)
                 ).scalar_one()
                 known[group_id] = (new_id, traits)

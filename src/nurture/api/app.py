@@ -1,0 +1,40 @@
+"""The FastAPI application: ingest, admin API, OpenAPI at /openapi.json, docs at /docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from nurture import __version__
+from nurture.api import admin, contacts, errors, ingest
+from nurture.core import Nurture
+
+
+def create_app(nurture: Nurture, *, manage_lifecycle: bool = True) -> FastAPI:
+    """Build the app around a Nurture. With `manage_lifecycle`, the app starts and
+    stops it (migrations and the ingest writer) with the server."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            nurture.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                nurture.stop()
+
+    app = FastAPI(
+        title="Nurture",
+        version=__version__,
+        description="Segment-compatible event ingest and the Nurture admin API.",
+        lifespan=lifespan,
+    )
+    app.state.nurture = nurture
+    errors.install(app)
+    app.include_router(ingest.router)
+    app.include_router(contacts.router)
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,204 @@
+"""Segment-spec ingest: /v1/identify, track, page, screen, group, alias and batch.
+
+Success is always 200 with a JSON body (some SDKs resend on 204). A single-message
+endpoint answers 400 when its message is invalid; a batch answers 200 and lists
+the invalid messages. Either way the invalid input is kept, raw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
+
+from nurture.api.auth import write_key
+from nurture.api.body import BodyTooLarge, read_body
+from nurture.api.errors import error_body
+from nurture.api.responses import JSONResponse
+from nurture.core import Nurture
+from nurture.errors import StorageUnavailable
+from nurture.ingest.messages import MessageError, parse_time
+from nurture.ingest.service import BatchResult, ParsedBatch, Rejection
+
+router = APIRouter(tags=["ingest"], dependencies=[Depends(write_key)])
+
+_MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "messageId": {"type": "string"},
+        "userId": {"type": ["string", "null"]},
+        "anonymousId": {"type": ["string", "null"]},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "originalTimestamp": {"type": "string", "format": "date-time"},
+        "sentAt": {"type": "string", "format": "date-time"},
+        "context": {"type": "object"},
+        "integrations": {"type": "object"},
+        "traits": {"type": "object"},
+        "properties": {"type": "object"},
+        "event": {"type": "string"},
+        "name": {"type": "string"},
+        "groupId": {"type": "string"},
+        "previousId": {"type": "string"},
+    },
+}
+_RESULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "success": {"type": "boolean"},
+        "accepted": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "rejected": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def _openapi(body_schema: dict[str, Any], summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema}},
+        },
+        "responses": {
+            "200": {
+                "description": "Stored (or recognised as duplicates); rejected ones listed",
+                "content": {"application/json": {"schema": _RESULT_SCHEMA}},
+            },
+            "400": {"description": "The body or the message is invalid; it was kept"},
+            "401": {"description": "No key or an unknown key"},
+            "413": {"description": "Over 32 KB per message or 500 KB per request"},
+        },
+    }
+
+
+def _nurture(request: Request) -> Nurture:
+    return request.app.state.nurture  # type: ignore[no-any-return]
+
+
+async def _submit(nurture: Nurture, batch: ParsedBatch) -> BatchResult:
+    try:
+        return await asyncio.wrap_future(nurture.writer.submit(batch))
+    except SQLAlchemyError as exc:
+        # Not acknowledged: the client keeps the messages and retries.
+        raise StorageUnavailable(f"the event store refused the write: {exc}") from exc
+
+
+def _reject_request(
+    source: str, code: str, message: str, raw: bytes | None, path: str | None = None
+) -> Rejection:
+    text = raw.decode("utf-8", errors="replace") if raw is not None else None
+    return Rejection(None, None, code, path, message, text, len(raw or b""), source)
+
+
+async def _read_json(request: Request, source: str) -> tuple[Any, JSONResponse | None]:
+    """The decoded JSON body, or an error response (the bad body already kept)."""
+    nurture = _nurture(request)
+    s = nurture.settings
+    try:
+        raw = await read_body(request, limit=s.max_request_bytes, keep=s.rejected_keep_bytes)
+    except BodyTooLarge as exc:
+        await _submit(
+            nurture,
+            ParsedBatch(rejections=[_reject_request(source, exc.code, exc.message, exc.kept)]),
+        )
+        return None, JSONResponse(error_body(exc.code, exc.message), 413)
+    except ValueError as exc:
+        await _submit(
+            nurture,
+            ParsedBatch(rejections=[_reject_request(source, "invalid_gzip", str(exc), None)]),
+        )
+        return None, JSONResponse(error_body("invalid_gzip", str(exc)), 400)
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as exc:
+        message = f"the body is not valid JSON: {exc}"
+        await _submit(
+            nurture, ParsedBatch(rejections=[_reject_request(source, "invalid_json", message, raw)])
+        )
+        return None, JSONResponse(error_body("invalid_json", message), 400)
+
+
+def _single(kind: str) -> Any:
+    source = f"http /v1/{kind}"
+
+    async def endpoint(request: Request) -> JSONResponse:
+        body, failure = await _read_json(request, source)
+        if failure is not None:
+            return failure
+        nurture = _nurture(request)
+        parsed = nurture.parse([body], source=source, default_type=kind, path_prefix="")
+        result = await _submit(nurture, parsed)
+        if result.rejected:
+            first = result.rejected[0]
+            return JSONResponse(error_body(first.code, first.message, first.path), 400)
+        return JSONResponse(result.to_dict())
+
+    endpoint.__name__ = f"ingest_{kind}"
+    endpoint.__doc__ = f"Ingest one Segment `{kind}` message."
+    return endpoint
+
+
+for _kind in ("identify", "track", "page", "screen", "group", "alias"):
+    router.add_api_route(
+        f"/v1/{_kind}",
+        _single(_kind),
+        methods=["POST"],
+        response_class=JSONResponse,
+        openapi_extra=_openapi(_MESSAGE_SCHEMA, f"Ingest a {_kind} message"),
+    )
+
+
+@router.post(
+    "/v1/batch",
+    response_class=JSONResponse,
+    openapi_extra=_openapi(
+        {
+            "type": "object",
+            "required": ["batch"],
+            "properties": {
+                "batch": {"type": "array", "items": _MESSAGE_SCHEMA},
+                "sentAt": {"type": "string", "format": "date-time"},
+                "context": {"type": "object"},
+            },
+        },
+        "Ingest many messages of any type",
+    ),
+)
+async def ingest_batch(request: Request) -> JSONResponse:
+    """Ingest a batch; each message is validated on its own."""
+    source = "http /v1/batch"
+    body, failure = await _read_json(request, source)
+    if failure is not None:
+        return failure
+    nurture = _nurture(request)
+    raw = orjson.dumps(body)
+    problem: tuple[str, str, str] | None = None
+    sent_at = None
+    context = None
+    if not isinstance(body, dict):
+        problem = ("invalid_type", "", "the body must be an object with a `batch` array")
+    elif not isinstance(body.get("batch"), list):
+        problem = ("missing_field", "batch", "expected an array of messages")
+    else:
+        try:
+            sent_at = parse_time(body.get("sentAt"), "sentAt")
+        except MessageError as exc:
+            problem = (exc.code, "sentAt", exc.message)
+        context = body.get("context")
+        if context is not None and not isinstance(context, dict):
+            problem = ("invalid_type", "context", "expected an object")
+    if problem is not None:
+        code, path, message = problem
+        await _submit(
+            nurture,
+            ParsedBatch(rejections=[_reject_request(source, code, message, raw, path or None)]),
+        )
+        return JSONResponse(error_body(code, message, path or None), 400)
+    parsed = nurture.parse(
+        body["batch"], source=source, batch_sent_at=sent_at, batch_context=context
+    )
+    result = await _submit(nurture, parsed)
+    return JSONResponse(result.to_dict())

@@ -1,0 +1,1 @@
+"""The `nurture` command line: thin Typer commands over the services."""

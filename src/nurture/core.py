@@ -1,0 +1,87 @@
+"""The core object: settings, clock, database and the services built on them.
+
+Doors (HTTP API, CLI) receive one `Nurture` and call its services; they hold no
+business logic of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nurture.clock import Clock, SystemClock
+from nurture.contacts.service import ContactService
+from nurture.ingest.rejected import RejectedStore
+from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, parse_batch
+from nurture.ingest.writer import IngestWriter
+from nurture.keys import KeyStore
+from nurture.settings import Settings, load_settings
+from nurture.store import Database
+
+
+class Nurture:
+    """One running Nurture: use `start()` before ingesting and `stop()` at the end."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        db: Database | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.clock = clock or SystemClock()
+        self.db = db or Database(
+            self.settings.database_url, sqlite_synchronous=self.settings.sqlite_synchronous
+        )
+        self.keys = KeyStore(self.db, self.clock)
+        self.writer = IngestWriter(
+            self.db,
+            self.clock,
+            IngestStore(self.settings.default_phone_region),
+            max_messages=self.settings.ingest_group_max_messages,
+        )
+        self.contacts = ContactService(self.db, self.clock)
+        self.rejected = RejectedStore(self.db, self)
+        self._started = False
+
+    def start(self) -> Nurture:
+        """Migrate the schema and start the ingest writer (idempotent)."""
+        if not self._started:
+            self.db.migrate()
+            self.writer.start()
+            self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self.writer.stop()
+            self._started = False
+        self.db.dispose()
+
+    def __enter__(self) -> Nurture:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def parse(
+        self,
+        raws: list[Any],
+        *,
+        source: str,
+        default_type: str | None = None,
+        **batch: Any,
+    ) -> ParsedBatch:
+        """Validate messages as the HTTP API would (no I/O)."""
+        return parse_batch(
+            raws,
+            received_at=self.clock.now(),
+            source=source,
+            max_message_bytes=self.settings.max_message_bytes,
+            default_type=default_type,
+            **batch,
+        )
+
+    def ingest(self, raws: list[Any], *, source: str = "api", **batch: Any) -> BatchResult:
+        """Validate and store messages; returns after the commit."""
+        return self.writer.ingest(self.parse(raws, source=source, **batch))
