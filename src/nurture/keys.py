@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, cast
+from typing import Literal
 
 from sqlalchemy import insert, select, update
 
@@ -63,7 +63,7 @@ class KeyStore:
                 )
                 .returning(t.api_keys.c.id)
             ).scalar_one()
-        return ApiKey(key_id, cast(KeyKind, kind), secret[:10], name, now, None), secret
+        return ApiKey(key_id, kind, secret[:10], name, now, None), secret
 
     def list_keys(self) -> list[ApiKey]:
         k = t.api_keys.c

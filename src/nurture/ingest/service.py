@@ -214,18 +214,22 @@ class IngestStore:
             changed[m.group_id] = traits
         for group_id, traits in changed.items():
             raw_name = traits.get("name")
-            name = raw_name[:500] if isinstance(raw_name, str) else None
+            account_name = raw_name[:500] if isinstance(raw_name, str) else None
             if group_id in known:
                 conn.execute(
                     t.accounts.update()
                     .where(a.id == known[group_id][0])
-                    .values(traits=traits, name=name, updated_at=now)
+                    .values(traits=traits, name=account_name, updated_at=now)
                 )
             else:
                 new_id = conn.execute(
                     insert(t.accounts)
                     .values(
-                        group_id=group_id, traits=traits, name=name, created_at=now, updated_at=now
+                        group_id=group_id,
+                        traits=traits,
+                        name=account_name,
+                        created_at=now,
+                        updated_at=now,
                     )
                     .returning(a.id)
                 ).scalar_one()
