@@ -133,7 +133,8 @@ def _single(kind: str) -> Any:
         result = await _submit(nurture, parsed)
         if result.rejected:
             first = result.rejected[0]
-            return JSONResponse(error_body(first.code, first.message, first.path), 400)
+            status = 413 if first.code == "message_too_large" else 400
+            return JSONResponse(error_body(first.code, first.message, first.path), status)
         return JSONResponse(result.to_dict())
 
     endpoint.__name__ = f"ingest_{kind}"

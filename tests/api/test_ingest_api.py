@@ -1,0 +1,360 @@
+"""The Segment-spec ingest endpoints: auth, bodies, limits, per-message validation."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from nurture.core import Nurture
+from nurture.store import tables as t
+
+
+def stored(nurture: Nurture) -> list[dict[str, Any]]:
+    with nurture.db.read() as conn:
+        rows = conn.execute(select(t.events).order_by(t.events.c.id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def rejected(nurture: Nurture) -> list[dict[str, Any]]:
+    with nurture.db.read() as conn:
+        rows = conn.execute(select(t.rejected_events).order_by(t.rejected_events.c.id))
+        return [dict(r) for r in rows.mappings()]
+
+
+# -- auth ------------------------------------------------------------------------------
+
+
+def test_basic_auth_with_write_key_as_user_name(client: TestClient, write_key: str) -> None:
+    # Given the header Segment SDKs send: base64("<key>:")
+    token = base64.b64encode(f"{write_key}:".encode()).decode()
+    # When a track call is made
+    r = client.post(
+        "/v1/track", json={"userId": "u", "event": "E"}, headers={"Authorization": f"Basic {token}"}
+    )
+    # Then it is stored
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+
+
+def test_bearer_auth(client: TestClient, write_key: str) -> None:
+    r = client.post(
+        "/v1/identify", json={"userId": "u"}, headers={"Authorization": f"Bearer {write_key}"}
+    )
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Basic bm9wZTo=", "Bearer nk_w_wrong", "Basic !!!notbase64", "Token abc"],
+)
+def test_missing_or_wrong_key_is_401_json(
+    client: TestClient, nurture: Nurture, write_key: str, header: str | None
+) -> None:
+    # Given a request without a valid key
+    headers = {"Authorization": header} if header else {}
+    # When it is sent
+    r = client.post("/v1/track", json={"userId": "u", "event": "E"}, headers=headers)
+    # Then it is refused with a JSON error, and nothing is stored
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert stored(nurture) == []
+
+
+def test_revoked_key_stops_working(client: TestClient, nurture: Nurture) -> None:
+    key, secret = nurture.keys.create("write")
+    assert client.post("/v1/identify", json={"userId": "a"}, auth=(secret, "")).status_code == 200
+    nurture.keys.revoke(key.id)
+    assert client.post("/v1/identify", json={"userId": "b"}, auth=(secret, "")).status_code == 401
+
+
+def test_admin_api_refuses_write_key(client: TestClient, write_key: str, admin_key: str) -> None:
+    assert client.get("/api/rejected", auth=(write_key, "")).status_code == 403
+    assert client.get("/api/rejected", auth=(admin_key, "")).status_code == 200
+
+
+# -- bodies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_encoding", [None, "gzip", "identity"])
+def test_gzip_body_is_read_whatever_the_headers_say(
+    client: TestClient, nurture: Nurture, write_key: str, content_encoding: str | None
+) -> None:
+    # Given a gzip-compressed batch, with or without (or with a wrong) Content-Encoding
+    body = {"batch": [{"type": "track", "userId": "u", "event": "Zipped", "messageId": "z1"}]}
+    headers = {"Content-Type": "text/plain"}
+    if content_encoding:
+        headers["Content-Encoding"] = content_encoding
+    # When it is posted
+    r = client.post(
+        "/v1/batch",
+        content=gzip.compress(orjson.dumps(body)),
+        headers=headers,
+        auth=(write_key, ""),
+    )
+    # Then it is decoded and stored
+    assert r.status_code == 200, r.text
+    assert [e["event"] for e in stored(nurture)] == ["Zipped"]
+
+
+def test_null_fields_are_tolerated(client: TestClient, nurture: Nurture, write_key: str) -> None:
+    body = {
+        "userId": "u1",
+        "anonymousId": None,
+        "event": "E",
+        "properties": None,
+        "context": None,
+        "timestamp": None,
+        "integrations": None,
+        "messageId": None,
+    }
+    r = client.post("/v1/track", json=body, auth=(write_key, ""))
+    assert r.status_code == 200, r.text
+    (event,) = stored(nurture)
+    assert event["properties"] is None and event["anonymous_id"] is None
+
+
+def test_identify_traits_from_context_traits(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given an identify whose client put the traits under context.traits
+    body = {"userId": "u1", "context": {"traits": {"email": "ctx@example.com", "plan": "pro"}}}
+    client.post("/v1/identify", json=body, auth=(write_key, ""))
+    # Then the contact has them
+    with nurture.db.read() as conn:
+        row = conn.execute(select(t.contacts.c.email, t.contacts.c.traits)).one()
+    assert row.email == "ctx@example.com" and row.traits["plan"] == "pro"
+
+
+def test_invalid_json_is_400_and_kept(client: TestClient, nurture: Nurture, write_key: str) -> None:
+    r = client.post("/v1/batch", content=b'{"batch": [', auth=(write_key, ""))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    (row,) = rejected(nurture)
+    assert row["raw"] == '{"batch": [' and row["code"] == "invalid_json"
+
+
+def test_batch_without_batch_array_names_the_field(client: TestClient, write_key: str) -> None:
+    r = client.post("/v1/batch", json={"messages": []}, auth=(write_key, ""))
+    assert r.status_code == 400
+    assert r.json()["error"] == {
+        "code": "missing_field",
+        "message": "expected an array of messages",
+        "path": "batch",
+    }
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+def test_message_over_32kb_is_rejected_alone(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a batch with one 40 KB message between two good ones
+    big = {"type": "track", "userId": "u", "event": "Big", "properties": {"blob": "x" * 40_000}}
+    good = [
+        {"type": "track", "userId": "u", "event": f"E{i}", "messageId": f"g{i}"} for i in (1, 2)
+    ]
+    # When it is posted
+    r = client.post("/v1/batch", json={"batch": [good[0], big, good[1]]}, auth=(write_key, ""))
+    # Then the batch succeeds, the big one is listed with its index, and kept raw
+    assert r.status_code == 200
+    body = r.json()
+    assert body["accepted"] == 2
+    assert [(x["index"], x["code"]) for x in body["rejected"]] == [(1, "message_too_large")]
+    (row,) = rejected(nurture)
+    assert orjson.loads(row["raw"])["event"] == "Big"
+
+
+def test_single_message_over_32kb_is_413(client: TestClient, write_key: str) -> None:
+    r = client.post(
+        "/v1/track",
+        json={"userId": "u", "event": "E", "properties": {"b": "x" * 40_000}},
+        auth=(write_key, ""),
+    )
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "message_too_large"
+
+
+def test_request_over_500kb_is_413_and_kept(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a 600 KB batch of small messages
+    batch = [
+        {"type": "track", "userId": "u", "event": "E", "properties": {"p": "y" * 1000}}
+        for _ in range(600)
+    ]
+    r = client.post("/v1/batch", json={"batch": batch}, auth=(write_key, ""))
+    # Then it is refused as a whole with 413, nothing stored, the body kept for inspection
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert stored(nurture) == []
+    (row,) = rejected(nurture)
+    assert row["code"] == "payload_too_large" and len(row["raw"]) > 500 * 1024
+
+
+def test_gzip_bomb_is_413(client: TestClient, write_key: str) -> None:
+    # 50 MB of zeros compress to ~50 KB
+    payload = gzip.compress(b'{"batch": [' + b" " * 50_000_000 + b"]}")
+    r = client.post("/v1/batch", content=payload, auth=(write_key, ""))
+    assert r.status_code == 413
+
+
+# -- per-message validation ----------------------------------------------------------------
+
+
+def test_one_bad_message_never_fails_the_batch(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a batch with each kind of invalid message among valid ones
+    batch = [
+        {"type": "track", "userId": "u1", "event": "Good 1", "messageId": "ok1"},
+        {"type": "track", "userId": "u1", "messageId": "bad-event"},
+        {"type": "identify", "messageId": "bad-ids"},
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "E",
+            "timestamp": "yesterday",
+            "messageId": "bad-ts",
+        },
+        {"type": "teleport", "userId": "u1", "messageId": "bad-type"},
+        {"type": "track", "userId": {"id": 1}, "event": "E", "messageId": "bad-uid"},
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "E",
+            "properties": [1, 2],
+            "messageId": "bad-props",
+        },
+        "not an object",
+        {"type": "alias", "userId": "u1", "messageId": "bad-alias"},
+        {"type": "group", "userId": "u1", "messageId": "bad-group"},
+        {"type": "page", "userId": "u1", "name": "Home", "messageId": "ok2"},
+    ]
+    # When it is posted
+    r = client.post("/v1/batch", json={"batch": batch}, auth=(write_key, ""))
+    # Then the valid ones are stored and each invalid one is listed with code and path
+    assert r.status_code == 200
+    body = r.json()
+    assert body["accepted"] == 2
+    got = [(x["index"], x["messageId"], x["code"], x["path"]) for x in body["rejected"]]
+    assert got == [
+        (1, "bad-event", "missing_field", "batch[1].event"),
+        (2, "bad-ids", "missing_field", "batch[2].userId"),
+        (3, "bad-ts", "invalid_timestamp", "batch[3].timestamp"),
+        (4, "bad-type", "invalid_value", "batch[4].type"),
+        (5, "bad-uid", "invalid_type", "batch[5].userId"),
+        (6, "bad-props", "invalid_type", "batch[6].properties"),
+        (7, None, "invalid_type", "batch[7]"),
+        (8, "bad-alias", "missing_field", "batch[8].previousId"),
+        (9, "bad-group", "missing_field", "batch[9].groupId"),
+    ]
+    assert sorted(e["message_id"] for e in stored(nurture)) == ["ok1", "ok2"]
+    # and every rejected message is kept raw for inspection and replay
+    kept = rejected(nurture)
+    assert [k["message_id"] for k in kept] == [x[1] for x in got]
+    assert orjson.loads(kept[0]["raw"]) == batch[1]
+
+
+def test_rejected_message_is_replayed_after_the_fix(
+    client: TestClient, nurture: Nurture, write_key: str, admin_key: str
+) -> None:
+    # Given a message rejected because of a bad timestamp
+    r = client.post(
+        "/v1/track",
+        json={
+            "userId": "u",
+            "event": "E",
+            "timestamp": "2026-13-45T00:00:00Z",
+            "messageId": "fixme",
+        },
+        auth=(write_key, ""),
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["path"] == "timestamp"
+    (row,) = nurture.rejected.page()
+    # When the raw input is fixed in place (as an operator would) and replayed
+    fixed = orjson.loads(row.raw or "null")
+    fixed["timestamp"] = "2026-02-01T00:00:00Z"
+    with nurture.db.write() as conn:
+        conn.execute(t.rejected_events.update().values(raw=orjson.dumps(fixed).decode()))
+    report = client.post("/api/rejected/replay", json={}, auth=(admin_key, "")).json()
+    # Then it is stored, typed by the endpoint it came to, and no longer pending
+    assert report == {"accepted": 1, "duplicates": 0, "stillRejected": 0}
+    (event,) = stored(nurture)
+    assert event["type"] == "track" and event["message_id"] == "fixme"
+    assert nurture.rejected.page() == []
+    assert nurture.rejected.page(pending_only=False)[0].replay_result == "accepted"
+
+
+def test_replay_of_still_bad_input_keeps_it(nurture: Nurture) -> None:
+    nurture.ingest([{"type": "track", "userId": "u"}], source="test")
+    report = nurture.rejected.replay()
+    assert report.still_rejected == 1 and report.accepted == 0
+    (row,) = nurture.rejected.page()
+    assert row.code == "missing_field" and row.replay_result == "rejected"
+
+
+# -- dedupe and timestamps -------------------------------------------------------------------
+
+
+def test_message_id_dedupes_within_and_across_batches(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    m = {"type": "track", "userId": "u", "event": "E", "messageId": "same"}
+    first = client.post("/v1/batch", json={"batch": [m, m]}, auth=(write_key, "")).json()
+    again = client.post("/v1/batch", json={"batch": [m]}, auth=(write_key, "")).json()
+    assert (first["accepted"], first["duplicates"]) == (1, 1)
+    assert (again["accepted"], again["duplicates"]) == (0, 1)
+    with nurture.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.events)).scalar() == 1
+
+
+def test_timestamps_follow_segment_rules(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given the server clock at 2026-03-01T12:00:00Z (the simulated clock)
+    batch = [
+        # an explicit timestamp is kept
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "A",
+            "messageId": "a",
+            "timestamp": "2026-02-01T10:00:00+02:00",
+        },
+        # a device clock 1 h fast: sent 30 s after the event happened
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "B",
+            "messageId": "b",
+            "originalTimestamp": "2026-03-01T12:59:30Z",
+            "sentAt": "2026-03-01T13:00:00Z",
+        },
+        # no times at all: receivedAt
+        {"type": "track", "userId": "u", "event": "C", "messageId": "c"},
+        # the batch-level sentAt applies to messages without their own
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "D",
+            "messageId": "d",
+            "originalTimestamp": "2026-03-01T11:00:00Z",
+        },
+    ]
+    body = {"batch": batch, "sentAt": "2026-03-01T11:00:10Z"}
+    assert client.post("/v1/batch", json=body, auth=(write_key, "")).status_code == 200
+    by_id = {e["message_id"]: e for e in stored(nurture)}
+    iso = {k: v["timestamp"].isoformat() for k, v in by_id.items()}
+    assert iso == {
+        "a": "2026-02-01T08:00:00+00:00",
+        "b": "2026-03-01T11:59:30+00:00",
+        "c": "2026-03-01T12:00:00+00:00",
+        "d": "2026-03-01T11:59:50+00:00",
+    }
+    assert all(e["received_at"].isoformat() == "2026-03-01T12:00:00+00:00" for e in by_id.values())
