@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
-from nurture.contacts.profile import build_profile
+from nurture.contacts.profile import Profile, build_profile
 from nurture.ingest.messages import Message
 from nurture.store import tables as t
+from nurture.store.bulk import insert_rows
 
 USER = "user_id"
 ANON = "anonymous_id"
@@ -43,10 +44,11 @@ class ContactState:
     key: int  # the database id, or a negative placeholder until inserted
     persisted: bool
     user_id: str | None
-    traits: dict[str, Any]
     first_seen: datetime
     last_seen: datetime
-    created_at: datetime
+    # A stored contact's traits are read only when something needs them (identify,
+    # merge); most messages only move first/last seen.
+    traits: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     dirty: bool = False
     traits_dirty: bool = False
@@ -81,35 +83,55 @@ class Resolver:
     def prefetch(self, messages: list[Message]) -> None:
         """Load every identity and contact the batch mentions, locking the contacts
         on PostgreSQL so that concurrent batches update them one after another."""
-        wanted: set[tuple[str, str]] = set()
+        wanted: dict[str, set[str]] = {USER: set(), ANON: set()}
         for m in messages:
             if m.user_id:
-                wanted.add((USER, m.user_id))
+                wanted[USER].add(m.user_id)
             if m.anonymous_id:
-                wanted.add((ANON, m.anonymous_id))
+                wanted[ANON].add(m.anonymous_id)
             if m.previous_id:
-                wanted.add((USER, m.previous_id))
-                wanted.add((ANON, m.previous_id))
-        keys = sorted(wanted)
+                wanted[USER].add(m.previous_id)
+                wanted[ANON].add(m.previous_id)
+        i = t.identities.c
         contact_ids: set[int] = set()
-        for i in range(0, len(keys), _CHUNK):
-            chunk = keys[i : i + _CHUNK]
-            rows = self.conn.execute(
-                select(t.identities.c.kind, t.identities.c.value, t.identities.c.contact_id).where(
-                    tuple_(t.identities.c.kind, t.identities.c.value).in_(chunk)
+        for kind, values in wanted.items():
+            ordered = sorted(values)
+            for n in range(0, len(ordered), _CHUNK):
+                rows = self.conn.execute(
+                    select(i.value, i.contact_id).where(
+                        i.kind == kind, i.value.in_(ordered[n : n + _CHUNK])
+                    )
                 )
-            )
-            for kind, value, contact_id in rows:
-                self.ids[(kind, value)] = contact_id
-                contact_ids.add(contact_id)
+                for value, contact_id in rows:
+                    self.ids[(kind, value)] = contact_id
+                    contact_ids.add(contact_id)
         self._load_contacts(sorted(contact_ids))
+        self._load_traits(messages)
+
+    def _load_traits(self, messages: list[Message]) -> None:
+        """Read, in one go, the traits of stored contacts that identify messages change."""
+        ids = set()
+        for m in messages:
+            if m.type == "identify" and m.traits:
+                for kind, value in ((USER, m.user_id), (ANON, m.anonymous_id)):
+                    key = self.ids.get((kind, value)) if value else None
+                    if key is not None:
+                        ids.add(key)
+        c = t.contacts.c
+        ordered = sorted(ids)
+        for n in range(0, len(ordered), _CHUNK):
+            rows = self.conn.execute(
+                select(c.id, c.traits).where(c.id.in_(ordered[n : n + _CHUNK]))
+            )
+            for contact_id, traits in rows:
+                self.contacts[contact_id].traits = dict(traits or {})
 
     def _load_contacts(self, ids: list[int]) -> None:
         c = t.contacts.c
-        for i in range(0, len(ids), _CHUNK):
+        for n in range(0, len(ids), _CHUNK):
             query = (
-                select(c.id, c.user_id, c.traits, c.first_seen_at, c.last_seen_at, c.created_at)
-                .where(c.id.in_(ids[i : i + _CHUNK]))
+                select(c.id, c.user_id, c.first_seen_at, c.last_seen_at)
+                .where(c.id.in_(ids[n : n + _CHUNK]))
                 .order_by(c.id)
             )
             if self.conn.dialect.name == "postgresql":
@@ -119,11 +141,21 @@ class Resolver:
                     key=row.id,
                     persisted=True,
                     user_id=row.user_id,
-                    traits=dict(row.traits or {}),
                     first_seen=row.first_seen_at,
                     last_seen=row.last_seen_at,
-                    created_at=row.created_at,
                 )
+
+    def _traits(self, state: ContactState) -> dict[str, Any]:
+        """The contact's traits, read from the store on first use."""
+        if state.traits is None:
+            if state.persisted:
+                stored = self.conn.execute(
+                    select(t.contacts.c.traits).where(t.contacts.c.id == state.key)
+                ).scalar_one()
+                state.traits = dict(stored or {})
+            else:
+                state.traits = {}
+        return state.traits
 
     # -- resolving ---------------------------------------------------------------
 
@@ -147,10 +179,9 @@ class Resolver:
             key=key,
             persisted=False,
             user_id=user_id,
-            traits={},
             first_seen=at,
             last_seen=at,
-            created_at=self.now,
+            traits={},
             dirty=True,
             traits_dirty=True,
         )
@@ -234,7 +265,7 @@ class Resolver:
         takes the winner's user id): fewer rows to move, same outcome.
         """
         lose, win = self.contacts[loser], self.contacts[winner]
-        traits = {**lose.traits, **win.traits}
+        traits = {**self._traits(lose), **self._traits(win)}
         if not win.persisted and lose.persisted and lose.user_id is None:
             lose, win = win, lose
             win.user_id, win.user_id_dirty = lose.user_id, True
@@ -257,11 +288,12 @@ class Resolver:
     ) -> None:
         """Shallow-merge identify traits; a trait sent as null is removed."""
         state = self.contacts[key]
+        current = self._traits(state)
         for name, value in traits.items():
             if value is None:
-                state.traits.pop(name, None)
+                current.pop(name, None)
             else:
-                state.traits[name] = value
+                current[name] = value
         if context:
             state.context = context
         state.dirty = state.traits_dirty = True
@@ -288,15 +320,19 @@ class Resolver:
                 }
                 for k, v in self.new_ids
             ]
-            self.conn.execute(insert(t.identities), rows)
+            insert_rows(self.conn, t.identities, rows)
         self._update_contacts()
 
     def _profile_columns(self, state: ContactState) -> dict[str, Any]:
-        profile = build_profile(
-            state.traits, context=state.context, default_region=self.default_region
-        )
+        traits = self._traits(state)
+        if not traits and not state.context:
+            profile = Profile()
+        else:
+            profile = build_profile(
+                traits, context=state.context, default_region=self.default_region
+            )
         return {
-            "traits": state.traits,
+            "traits": traits,
             "trait_issues": profile.issues,
             "email": profile.email,
             "phone": profile.phone,
@@ -320,11 +356,10 @@ class Resolver:
                 updated_at=self.now,
             )
             rows.append(row)
-        result = self.conn.execute(
-            insert(t.contacts).returning(t.contacts.c.id, sort_by_parameter_order=True), rows
-        )
-        for s, (new_id,) in zip(new, result.all(), strict=True):
+        for s, row, new_id in zip(new, rows, allocate_ids(self.conn, len(rows)), strict=True):
+            row["id"] = new_id
             self._real[s.key] = new_id
+        insert_rows(self.conn, t.contacts, rows)
 
     def _apply_merge(self, merge: PendingMerge) -> None:
         into = self.real_id(merge.winner)
@@ -373,20 +408,59 @@ class Resolver:
         )
 
     def _update_contacts(self) -> None:
-        c = t.contacts.c
+        """Two executemany statements: contacts whose traits changed, and contacts
+        that were only seen (first/last seen moved)."""
+        seen: list[dict[str, Any]] = []
+        full: list[dict[str, Any]] = []
         for s in self.contacts.values():
             if not (s.persisted and s.merged_into is None and s.dirty):
                 continue
-            values: dict[str, Any] = {
+            row = {
+                "_id": s.key,
                 "first_seen_at": s.first_seen,
                 "last_seen_at": s.last_seen,
                 "updated_at": self.now,
             }
-            if s.traits_dirty:
-                values.update(self._profile_columns(s))
-            if s.user_id_dirty:
-                values["user_id"] = s.user_id
-            self.conn.execute(update(t.contacts).where(c.id == s.key).values(**values))
+            if s.traits_dirty or s.user_id_dirty:
+                row.update(self._profile_columns(s), user_id=s.user_id)
+                full.append(row)
+            else:
+                seen.append(row)
+        c = t.contacts.c
+        for rows in (seen, full):
+            if rows:
+                names = [k for k in rows[0] if k != "_id"]
+                stmt = (
+                    update(t.contacts)
+                    .where(c.id == bindparam("_id"))
+                    .values({name: bindparam(name) for name in names})
+                )
+                self.conn.execute(stmt, rows)
+
+
+def allocate_ids(conn: Connection, count: int) -> list[int]:
+    """Ids for `count` new contacts, known before the insert so that one bulk insert
+    can store them (RETURNING with row order forces row-at-a-time inserts on SQLite).
+
+    PostgreSQL draws them from the column's sequence. On SQLite the caller holds the
+    single write lock; ids continue after the highest ever used, erased ones
+    included, so an id never names two people."""
+    if count == 0:
+        return []
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) "
+            "FROM generate_series(1, %(n)s)",
+            {"n": count},
+        )
+        return [int(r[0]) for r in rows]
+    top = conn.execute(
+        select(
+            func.max(t.contacts.c.id), select(func.max(t.erasures.c.contact_id)).scalar_subquery()
+        )
+    ).one()
+    start = max(top[0] or 0, top[1] or 0) + 1
+    return list(range(start, start + count))
 
 
 def lookup_contact_id(

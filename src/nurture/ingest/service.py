@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from nurture.ingest.identity import Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
 from nurture.store import tables as t
+from nurture.store.bulk import insert_rows
 
 _CHUNK = 500
 
@@ -184,7 +185,7 @@ class IngestStore:
             }
             for m, key in zip(fresh, keys, strict=True)
         ]
-        conn.execute(_on_conflict_do_nothing(conn, t.events), rows)
+        insert_rows(conn, t.events, rows, ignore_conflicts=True)
         if groups:
             self._store_groups(conn, groups, resolver, now)
         return set(unique)

@@ -64,6 +64,7 @@ contacts = Table(
     Column("merged_into", BigId),
     Index(None, "email"),
     Index(None, "phone"),
+    Index(None, "merged_into"),  # tombstones of a contact (profile, export, erase, merge)
 )
 
 identities = Table(

@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+# Microseconds since the epoch on SQLite, timestamptz on PostgreSQL (store/types.py).
+UTC_TIME = sa.DateTime(timezone=True).with_variant(sa.BigInteger(), "sqlite")
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -26,7 +29,7 @@ def upgrade() -> None:
         sa.Column(
             "contact_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("joined_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("joined_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("account_id", "contact_id", name=op.f("pk_account_members")),
     )
     with op.batch_alter_table("account_members", schema=None) as batch_op:
@@ -49,8 +52,8 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UTC_TIME, nullable=False),
+        sa.Column("updated_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
         sa.UniqueConstraint("group_id", name=op.f("uq_accounts_group_id")),
     )
@@ -66,8 +69,8 @@ def upgrade() -> None:
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=200), server_default="", nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", UTC_TIME, nullable=False),
+        sa.Column("revoked_at", UTC_TIME, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
     )
@@ -87,7 +90,7 @@ def upgrade() -> None:
         ),
         sa.Column("reason", sa.String(length=16), nullable=False),
         sa.Column("message_id", sa.String(length=255), nullable=True),
-        sa.Column("merged_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("merged_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contact_merges")),
     )
     with op.batch_alter_table("contact_merges", schema=None) as batch_op:
@@ -119,10 +122,10 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("first_seen_at", UTC_TIME, nullable=False),
+        sa.Column("last_seen_at", UTC_TIME, nullable=False),
+        sa.Column("created_at", UTC_TIME, nullable=False),
+        sa.Column("updated_at", UTC_TIME, nullable=False),
         sa.Column(
             "merged_into", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -145,7 +148,7 @@ def upgrade() -> None:
             "contact_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("events_deleted", sa.Integer(), nullable=False),
-        sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("erased_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_erasures")),
     )
     op.create_table(
@@ -165,10 +168,10 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=255), nullable=True),
         sa.Column("anonymous_id", sa.String(length=255), nullable=True),
         sa.Column("group_id", sa.String(length=255), nullable=True),
-        sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("original_timestamp", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("timestamp", UTC_TIME, nullable=False),
+        sa.Column("received_at", UTC_TIME, nullable=False),
+        sa.Column("sent_at", UTC_TIME, nullable=True),
+        sa.Column("original_timestamp", UTC_TIME, nullable=True),
         sa.Column(
             "properties",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -199,7 +202,7 @@ def upgrade() -> None:
         sa.Column(
             "contact_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("kind", "value", name=op.f("pk_identities")),
     )
     with op.batch_alter_table("identities", schema=None) as batch_op:
@@ -219,7 +222,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("received_at", UTC_TIME, nullable=False),
         sa.Column("source", sa.String(length=500), nullable=False),
         sa.Column("code", sa.String(length=64), nullable=False),
         sa.Column("path", sa.String(length=500), nullable=True),
@@ -227,7 +230,7 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(length=255), nullable=True),
         sa.Column("raw", sa.Text(), nullable=True),
         sa.Column("size", sa.Integer(), nullable=False),
-        sa.Column("replayed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("replayed_at", UTC_TIME, nullable=True),
         sa.Column("replay_result", sa.String(length=32), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rejected_events")),
     )
@@ -241,7 +244,7 @@ def upgrade() -> None:
         sa.Column("hash", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.String(length=32), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("hash", name=op.f("pk_suppressions")),
     )
 
