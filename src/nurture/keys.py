@@ -19,6 +19,7 @@ from nurture.store import tables as t
 
 KeyKind = Literal["write", "admin"]
 KINDS: tuple[KeyKind, ...] = ("write", "admin")
+CACHE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +37,13 @@ def hash_key(secret: str) -> str:
 
 
 class KeyStore:
-    """Creates, checks and revokes keys. Checks are cached for the process's lifetime
-    (a revoked key stops working in other processes after they restart or after
-    `forget()`)."""
+    """Creates, checks and revokes keys. A check is cached for CACHE_SECONDS, so a key
+    revoked by another process (the CLI) stops working everywhere within that time."""
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self._cache: dict[str, KeyKind | None] = {}
+        self._cache: dict[str, tuple[KeyKind | None, float]] = {}
 
     def create(self, kind: str, name: str = "") -> tuple[ApiKey, str]:
         """Make a key; returns it and the secret, which is shown only this once."""
@@ -90,8 +90,10 @@ class KeyStore:
     def kind_of(self, secret: str) -> KeyKind | None:
         """The kind of an active key, or None when the secret matches none."""
         digest = hash_key(secret)
-        if digest in self._cache:
-            return self._cache[digest]
+        now = self.clock.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         k = t.api_keys.c
         with self.db.read() as conn:
             kind = conn.execute(
@@ -99,7 +101,7 @@ class KeyStore:
             ).scalar()
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = kind
+        self._cache[digest] = (kind, now + CACHE_SECONDS)
         return kind
 
     def any_exist(self) -> bool:

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         description="Oversized requests up to this size are still kept raw for inspection",
     )
     ingest_group_max_messages: int = Field(
-        5000, ge=1, description="Most messages the SQLite writer commits in one transaction"
+        5000, ge=1, description="Most messages an ingest writer commits in one transaction"
     )
     default_phone_region: str | None = Field(
         None, description="ISO country used to read phone numbers without a country code"

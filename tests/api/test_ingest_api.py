@@ -358,3 +358,88 @@ def test_timestamps_follow_segment_rules(
         "d": "2026-03-01T11:59:50+00:00",
     }
     assert all(e["received_at"].isoformat() == "2026-03-01T12:00:00+00:00" for e in by_id.values())
+
+
+# -- Segment compatibility details -------------------------------------------------------------
+
+
+def test_write_key_in_the_body_is_accepted(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a batch that carries its key as `writeKey` (Segment's API allows it)
+    body = {"writeKey": write_key, "batch": [{"type": "track", "userId": "u", "event": "E"}]}
+    # When it is posted without an Authorization header, to /v1/import as analytics-ruby does
+    r = client.post("/v1/import", json=body)
+    # Then it is stored
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+
+
+def test_unauthenticated_bad_body_is_refused_and_not_kept(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    for content in (b"not json", orjson.dumps({"writeKey": "nk_w_wrong", "batch": []})):
+        r = client.post("/v1/batch", content=content)
+        assert r.status_code == 401
+    assert rejected(nurture) == []
+
+
+def test_browser_preflight_is_allowed(client: TestClient) -> None:
+    r = client.options(
+        "/v1/track",
+        headers={
+            "Origin": "https://shop.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "*"
+
+
+def test_key_revoked_elsewhere_stops_working_after_the_cache_time(
+    client: TestClient, nurture: Nurture, clock: Any
+) -> None:
+    # Given a key this server has already seen
+    key, secret = nurture.keys.create("write")
+    assert client.post("/v1/identify", json={"userId": "a"}, auth=(secret, "")).status_code == 200
+    # When another process (the CLI) revokes it
+    from datetime import timedelta
+
+    from nurture.keys import CACHE_SECONDS, KeyStore
+
+    KeyStore(nurture.db, clock).revoke(key.id)
+    # Then this server refuses it once its cached check has expired
+    clock.advance(timedelta(seconds=CACHE_SECONDS + 1))
+    assert client.post("/v1/identify", json={"userId": "b"}, auth=(secret, "")).status_code == 401
+
+
+def test_timezone_from_context_survives_a_later_identify(nurture: Nurture) -> None:
+    # Given an identify whose SDK reported the device timezone and locale in context
+    nurture.ingest(
+        [
+            {
+                "type": "identify",
+                "userId": "u",
+                "traits": {"plan": "free"},
+                "context": {"timezone": "Asia/Kolkata", "locale": "hi-IN"},
+            }
+        ]
+    )
+    # When a later identify (from a server-side SDK) has no context
+    nurture.ingest([{"type": "identify", "userId": "u", "traits": {"plan": "pro"}}])
+    # Then the contact keeps them
+    with nurture.db.read() as conn:
+        row = conn.execute(select(t.contacts.c.timezone, t.contacts.c.locale)).one()
+    assert tuple(row) == ("Asia/Kolkata", "hi-IN")
+
+
+def test_account_membership_keeps_the_earliest_time(nurture: Nurture) -> None:
+    nurture.ingest(
+        [
+            {"type": "group", "userId": "u", "groupId": "g", "timestamp": "2026-02-02T00:00:00Z"},
+            {"type": "group", "userId": "u", "groupId": "g", "timestamp": "2026-01-01T00:00:00Z"},
+        ]
+    )
+    with nurture.db.read() as conn:
+        joined = conn.execute(select(t.account_members.c.joined_at)).scalar_one()
+    assert joined.isoformat() == "2026-01-01T00:00:00+00:00"

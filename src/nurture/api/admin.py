@@ -21,8 +21,7 @@ def _nurture(request: Request) -> Nurture:
 def health(request: Request) -> dict[str, Any]:
     """Liveness and the database backend (no key needed)."""
     nurture = _nurture(request)
-    with nurture.db.read() as conn:
-        conn.exec_driver_sql("SELECT 1")
+    nurture.db.ping()
     return {"status": "ok", "database": nurture.db.backend}
 
 

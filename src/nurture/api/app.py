@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from nurture import __version__
 from nurture.api import admin, contacts, errors, ingest
@@ -33,6 +34,15 @@ def create_app(nurture: Nurture, *, manage_lifecycle: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.nurture = nurture
+    # Browser SDKs (analytics.js) post from the customer's own site. Keys travel in
+    # headers, never cookies, so allowing every origin grants nothing by itself.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+        max_age=86400,
+    )
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(contacts.router)

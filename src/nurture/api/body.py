@@ -33,6 +33,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 async def read_body(request: Request, *, limit: int, keep: int) -> bytes:
     """The body, decompressed. Raises BodyTooLarge (413) past `limit`, keeping up to
     `keep` bytes of it for the rejected-events table."""
+    keep = max(keep, limit)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > keep:
         raise BodyTooLarge(f"the request is {declared} bytes; the limit is {limit}", kept=None)

@@ -1,8 +1,9 @@
 """Segment-spec ingest: /v1/identify, track, page, screen, group, alias and batch.
 
 Success is always 200 with a JSON body (some SDKs resend on 204). A single-message
-endpoint answers 400 when its message is invalid; a batch answers 200 and lists
-the invalid messages. Either way the invalid input is kept, raw.
+endpoint answers 400 when its message is invalid (413 when it is over the size
+limit); a batch answers 200 and lists the invalid messages. Either way the invalid
+input is kept.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import asyncio
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
 
-from nurture.api.auth import write_key
+from nurture.api.auth import require_key
 from nurture.api.body import BodyTooLarge, read_body
 from nurture.api.errors import error_body
 from nurture.api.responses import JSONResponse
 from nurture.core import Nurture
-from nurture.errors import StorageUnavailable
+from nurture.errors import StorageUnavailable, Unauthorized
 from nurture.ingest.messages import MessageError, parse_time
 from nurture.ingest.service import BatchResult, ParsedBatch, Rejection
 
-router = APIRouter(tags=["ingest"], dependencies=[Depends(write_key)])
+router = APIRouter(tags=["ingest"])
+_NO_KEY = "send your write key as HTTP Basic user name, as Bearer token, or as writeKey"
 
 _MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -93,12 +95,51 @@ def _reject_request(
     return Rejection(None, None, code, path, message, text, len(raw or b""), source)
 
 
+class _BadJSON(Exception):
+    def __init__(self, raw: bytes, message: str) -> None:
+        super().__init__(message)
+        self.raw, self.message = raw, message
+
+
+def _body_key_is_valid(nurture: Nurture, body: Any) -> bool:
+    """Segment's API also takes the write key as `writeKey` in the body."""
+    secret = body.get("writeKey") if isinstance(body, dict) else None
+    return isinstance(secret, str) and nurture.keys.kind_of(secret) in ("write", "admin")
+
+
 async def _read_json(request: Request, source: str) -> tuple[Any, JSONResponse | None]:
-    """The decoded JSON body, or an error response (the bad body already kept)."""
+    """The decoded JSON body, or an error response (the bad body already kept).
+
+    With an Authorization header the key is checked before the body is read. Without
+    one, the body must carry a valid `writeKey`; an unauthenticated body is never kept.
+    """
     nurture = _nurture(request)
     s = nurture.settings
+    header_auth = "authorization" in request.headers
+    if header_auth:
+        require_key(request, "write")
     try:
         raw = await read_body(request, limit=s.max_request_bytes, keep=s.rejected_keep_bytes)
+    except (BodyTooLarge, ValueError):
+        if not header_auth:
+            raise Unauthorized(_NO_KEY) from None
+        raise
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not header_auth:
+            raise Unauthorized(_NO_KEY) from None
+        raise _BadJSON(raw, f"the body is not valid JSON: {exc}") from None
+    if not header_auth and not _body_key_is_valid(nurture, body):
+        raise Unauthorized(_NO_KEY)
+    return body, None
+
+
+async def _read_checked(request: Request, source: str) -> tuple[Any, JSONResponse | None]:
+    """`_read_json`, with bad bodies turned into kept rejections and error responses."""
+    nurture = _nurture(request)
+    try:
+        return await _read_json(request, source)
     except BodyTooLarge as exc:
         await _submit(
             nurture,
@@ -111,21 +152,19 @@ async def _read_json(request: Request, source: str) -> tuple[Any, JSONResponse |
             ParsedBatch(rejections=[_reject_request(source, "invalid_gzip", str(exc), None)]),
         )
         return None, JSONResponse(error_body("invalid_gzip", str(exc)), 400)
-    try:
-        return orjson.loads(raw), None
-    except orjson.JSONDecodeError as exc:
-        message = f"the body is not valid JSON: {exc}"
+    except _BadJSON as exc:
         await _submit(
-            nurture, ParsedBatch(rejections=[_reject_request(source, "invalid_json", message, raw)])
+            nurture,
+            ParsedBatch(rejections=[_reject_request(source, "invalid_json", exc.message, exc.raw)]),
         )
-        return None, JSONResponse(error_body("invalid_json", message), 400)
+        return None, JSONResponse(error_body("invalid_json", exc.message), 400)
 
 
 def _single(kind: str) -> Any:
     source = f"http /v1/{kind}"
 
     async def endpoint(request: Request) -> JSONResponse:
-        body, failure = await _read_json(request, source)
+        body, failure = await _read_checked(request, source)
         if failure is not None:
             return failure
         nurture = _nurture(request)
@@ -153,6 +192,11 @@ for _kind in ("identify", "track", "page", "screen", "group", "alias"):
 
 
 @router.post(
+    "/v1/import",
+    response_class=JSONResponse,
+    include_in_schema=False,
+)
+@router.post(
     "/v1/batch",
     response_class=JSONResponse,
     openapi_extra=_openapi(
@@ -171,7 +215,7 @@ for _kind in ("identify", "track", "page", "screen", "group", "alias"):
 async def ingest_batch(request: Request) -> JSONResponse:
     """Ingest a batch; each message is validated on its own."""
     source = "http /v1/batch"
-    body, failure = await _read_json(request, source)
+    body, failure = await _read_checked(request, source)
     if failure is not None:
         return failure
     nurture = _nurture(request)

@@ -50,6 +50,10 @@ class ContactState:
     # merge); most messages only move first/last seen.
     traits: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
+    # Timezone and locale stored before this batch: kept when they came from a
+    # message's context and a later identify says nothing about them.
+    stored_timezone: str | None = None
+    stored_locale: str | None = None
     dirty: bool = False
     traits_dirty: bool = False
     user_id_dirty: bool = False
@@ -121,10 +125,19 @@ class Resolver:
         ordered = sorted(ids)
         for n in range(0, len(ordered), _CHUNK):
             rows = self.conn.execute(
-                select(c.id, c.traits).where(c.id.in_(ordered[n : n + _CHUNK]))
+                select(c.id, c.traits, c.timezone, c.locale).where(
+                    c.id.in_(ordered[n : n + _CHUNK])
+                )
             )
-            for contact_id, traits in rows:
-                self.contacts[contact_id].traits = dict(traits or {})
+            for row in rows:
+                self._set_loaded(self.contacts[row.id], row.traits, row.timezone, row.locale)
+
+    @staticmethod
+    def _set_loaded(
+        state: ContactState, traits: Any, timezone: str | None, locale: str | None
+    ) -> None:
+        state.traits = dict(traits or {})
+        state.stored_timezone, state.stored_locale = timezone, locale
 
     def _load_contacts(self, ids: list[int]) -> None:
         c = t.contacts.c
@@ -149,12 +162,14 @@ class Resolver:
         """The contact's traits, read from the store on first use."""
         if state.traits is None:
             if state.persisted:
-                stored = self.conn.execute(
-                    select(t.contacts.c.traits).where(t.contacts.c.id == state.key)
-                ).scalar_one()
-                state.traits = dict(stored or {})
+                c = t.contacts.c
+                row = self.conn.execute(
+                    select(c.traits, c.timezone, c.locale).where(c.id == state.key)
+                ).one()
+                self._set_loaded(state, row.traits, row.timezone, row.locale)
             else:
                 state.traits = {}
+        assert state.traits is not None
         return state.traits
 
     # -- resolving ---------------------------------------------------------------
@@ -331,6 +346,10 @@ class Resolver:
             profile = build_profile(
                 traits, context=state.context, default_region=self.default_region
             )
+        if "timezone" not in traits and profile.timezone is None:
+            profile.timezone = state.stored_timezone
+        if "locale" not in traits and profile.locale is None:
+            profile.locale = state.stored_locale
         return {
             "traits": traits,
             "trait_issues": profile.issues,

@@ -67,6 +67,10 @@ class BatchResult:
         }
 
 
+class ConcurrentWrite(Exception):
+    """The transaction lost a race with another writer; retrying it is safe."""
+
+
 def _raw_text(raw: Any) -> tuple[str, int]:
     try:
         data = orjson.dumps(raw)
@@ -185,7 +189,10 @@ class IngestStore:
             }
             for m, key in zip(fresh, keys, strict=True)
         ]
-        insert_rows(conn, t.events, rows, ignore_conflicts=True)
+        if insert_rows(conn, t.events, rows, ignore_conflicts=True) != len(rows):
+            # Another transaction stored one of these messageIds since our check; start
+            # over so that its identity and trait effects are not applied twice.
+            raise ConcurrentWrite("a message of this batch was stored concurrently")
         if groups:
             self._store_groups(conn, groups, resolver, now)
         return set(unique)
@@ -235,11 +242,11 @@ class IngestStore:
                     .returning(a.id)
                 ).scalar_one()
                 known[group_id] = (new_id, traits)
-        members = {
-            (known[m.group_id][0], resolver.real_id(key)): m.timestamp
-            for m, key in groups
-            if m.group_id
-        }
+        members: dict[tuple[int, int], datetime] = {}
+        for m, key in groups:
+            assert m.group_id is not None
+            pair = (known[m.group_id][0], resolver.real_id(key))
+            members[pair] = min(m.timestamp, members.get(pair, m.timestamp))
         conn.execute(
             _on_conflict_do_nothing(conn, t.account_members),
             [

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from nurture.clock import Clock
-from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, store_rejections
+from nurture.ingest.service import (
+    BatchResult,
+    ConcurrentWrite,
+    IngestStore,
+    ParsedBatch,
+    store_rejections,
+)
 from nurture.store import Database
 
 log = logging.getLogger(__name__)
@@ -114,10 +120,9 @@ class IngestWriter:
         for attempt in range(_RETRIES):
             try:
                 results = self._store(group)
-            except (IntegrityError, DBAPIError) as exc:
-                retryable = isinstance(exc, IntegrityError) or _is_transient(exc)
-                if retryable and attempt + 1 < _RETRIES and not self.db.is_sqlite:
-                    log.info("ingest transaction lost a race, retrying: %s", exc.orig)
+            except (DBAPIError, ConcurrentWrite) as exc:
+                if _retryable(exc) and attempt + 1 < _RETRIES:
+                    log.info("ingest transaction lost a race, retrying: %s", exc)
                     continue
                 self._fail(group, exc)
                 return
@@ -158,6 +163,11 @@ class IngestWriter:
         return results
 
 
-def _is_transient(exc: DBAPIError) -> bool:
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code in ("40001", "40P01", "55P03")  # serialization, deadlock, lock not available
+def _retryable(exc: Exception) -> bool:
+    """Races with another writer: a unique key taken meanwhile, a deadlock, a
+    serialization failure, a lock timeout. Their transaction was rolled back whole."""
+    if isinstance(exc, ConcurrentWrite | IntegrityError):
+        return True
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None)
+    return code in ("40001", "40P01", "55P03") or "database is locked" in str(orig)

@@ -41,10 +41,11 @@ def insert_rows(
     rows: Sequence[dict[str, Any]],
     *,
     ignore_conflicts: bool = False,
-) -> None:
-    """Insert rows that all have the same keys (`ON CONFLICT DO NOTHING` if asked)."""
+) -> int:
+    """Insert rows that all have the same keys (`ON CONFLICT DO NOTHING` if asked);
+    returns how many rows were inserted."""
     if not rows:
-        return
+        return 0
     columns = tuple(rows[0])
     sql, positions, processors = _compiled(conn.dialect, table, columns, ignore_conflicts)
     pairs = list(zip(columns, processors, strict=True))
@@ -55,4 +56,4 @@ def insert_rows(
             for name, proc in pairs
         }
         converted.append(tuple(values[p] for p in positions) if positions else values)
-    conn.exec_driver_sql(sql, converted)
+    return int(conn.exec_driver_sql(sql, converted).rowcount)

@@ -142,6 +142,11 @@ class Database:
             except IntegrityError:
                 pass
 
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def meta_value(self, key: str) -> str | None:
         with self.read() as conn:
             return conn.execute(

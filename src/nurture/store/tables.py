@@ -143,7 +143,8 @@ rejected_events = Table(
     Column("path", String(500)),
     Column("message", Text, nullable=False),
     Column("message_id", String(255)),
-    Column("raw", Text),  # the input exactly as received (decoded), when it was kept
+    # The input as received: the request body, or the one message re-serialised as JSON.
+    Column("raw", Text),
     Column("size", Integer, nullable=False),
     Column("replayed_at", UTCDateTime),
     Column("replay_result", String(32)),  # accepted | duplicate | rejected
