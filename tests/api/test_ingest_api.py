@@ -443,3 +443,42 @@ def test_account_membership_keeps_the_earliest_time(nurture: Nurture) -> None:
     with nurture.db.read() as conn:
         joined = conn.execute(select(t.account_members.c.joined_at)).scalar_one()
     assert joined.isoformat() == "2026-01-01T00:00:00+00:00"
+
+
+def test_nul_characters_are_rejected_alone_and_kept(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a batch where one message has a NUL in a property (no database text holds it)
+    batch = [
+        {"type": "track", "userId": "u", "event": "Ok", "messageId": "ok"},
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "messageId": "nul",
+            "properties": {"note": "a\u0000b"},
+        },
+    ]
+    r = client.post("/v1/batch", json={"batch": batch}, auth=(write_key, ""))
+    # Then the other message is stored and this one is rejected with the path, and kept
+    assert r.status_code == 200
+    assert r.json()["accepted"] == 1
+    assert [(x["code"], x["path"]) for x in r.json()["rejected"]] == [
+        ("invalid_character", "batch[1].properties.note")
+    ]
+    # and a raw NUL in a whole body is kept too (escaped), with a 400
+    r = client.post("/v1/identify", content=b"\x00", auth=(write_key, ""))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert [row["code"] for row in rejected(nurture)] == ["invalid_character", "invalid_json"]
+    assert rejected(nurture)[1]["raw"] == "\\u0000"
+
+
+def test_overlong_message_id_is_rejected_and_kept(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    m = {"type": "track", "userId": "u", "event": "E", "messageId": ["x"] * 200}
+    r = client.post("/v1/batch", json={"batch": [m]}, auth=(write_key, ""))
+    assert r.status_code == 200
+    assert r.json()["rejected"][0]["code"] == "invalid_type"
+    (row,) = rejected(nurture)
+    assert len(row["message_id"]) == 255

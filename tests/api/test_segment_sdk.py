@@ -20,8 +20,9 @@ def _stored(nurture: Nurture) -> dict[str, Any]:
 
 def _send_everything(client: Client) -> list[dict[str, Any]]:
     calls = [
-        client.identify("sdk-user", {"email": "sdk@example.com", "plan": "pro"},
-                        anonymous_id="sdk-anon"),
+        client.identify(
+            "sdk-user", {"email": "sdk@example.com", "plan": "pro"}, anonymous_id="sdk-anon"
+        ),
         client.track("sdk-user", "Order Completed", {"total": 42.5, "currency": "EUR"}),
         client.page("sdk-user", category="Docs", name="Pricing", properties={"path": "/pricing"}),
         client.screen("sdk-user", name="Home", properties={"tab": 1}),
@@ -41,8 +42,12 @@ def test_segment_sdk_messages_are_stored_once(
     errors: list[Any] = []
     # Given the official Python SDK pointed at Nurture with a write key
     client = Client(
-        write_key, host=live_server, gzip=use_gzip, on_error=lambda e, b: errors.append(e),
-        max_retries=2, upload_size=100,
+        write_key,
+        host=live_server,
+        gzip=use_gzip,
+        on_error=lambda e, b: errors.append(e),
+        max_retries=2,
+        upload_size=100,
     )
     # When it sends one of each call and flushes
     sent = _send_everything(client)
@@ -71,8 +76,9 @@ def test_segment_sdk_messages_are_stored_once(
     assert account.name == "Acme" and account.traits["employees"] == 50
 
     # When the SDK sends the very same messages again (a retry after a lost response)
-    resend = Client(write_key, host=live_server, gzip=use_gzip,
-                    on_error=lambda e, b: errors.append(e))
+    resend = Client(
+        write_key, host=live_server, gzip=use_gzip, on_error=lambda e, b: errors.append(e)
+    )
     for msg in sent:
         resend.queue.put(msg)
     resend.flush()
@@ -86,8 +92,9 @@ def test_segment_sdk_with_a_wrong_key_reports_the_error(
     live_server: str, nurture: Nurture, write_key: str
 ) -> None:
     errors: list[Any] = []
-    client = Client("nk_w_not-a-key", host=live_server, max_retries=0,
-                    on_error=lambda e, b: errors.append(e))
+    client = Client(
+        "nk_w_not-a-key", host=live_server, max_retries=0, on_error=lambda e, b: errors.append(e)
+    )
     client.track("u", "E")
     client.flush()
     client.join()

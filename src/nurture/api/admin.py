@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from nurture.api.auth import admin_key
 from nurture.core import Nurture
 
 router = APIRouter(prefix="/api", tags=["admin"])
+MAX_ID = 2**63 - 1
 
 
 def _nurture(request: Request) -> Nurture:
@@ -30,7 +31,7 @@ def list_rejected(
     request: Request,
     pending: bool = Query(True, description="Only input not yet replayed successfully"),
     code: str | None = Query(None, max_length=64),
-    after_id: int = Query(0, ge=0, le=2**62),
+    after_id: int = Query(0, ge=0, le=MAX_ID),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Rejected input, oldest first, with the error and the raw input."""
@@ -41,14 +42,18 @@ def list_rejected(
 
 
 @router.get("/rejected/{rejected_id}", dependencies=[Depends(admin_key)])
-def get_rejected(request: Request, rejected_id: int) -> dict[str, Any]:
+def get_rejected(request: Request, rejected_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
     """One rejected input."""
     return _nurture(request).rejected.get(rejected_id).to_dict()
 
 
 class ReplayRequest(BaseModel):
-    ids: list[int] | None = Field(None, description="Replay these; all pending when absent")
-    code: str | None = Field(None, description="Only pending input rejected with this code")
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        None, max_length=10_000, description="Replay these; all pending when absent"
+    )
+    code: str | None = Field(
+        None, max_length=64, description="Only pending input rejected with this code"
+    )
 
 
 @router.post("/rejected/replay", dependencies=[Depends(admin_key)])

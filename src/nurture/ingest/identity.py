@@ -110,6 +110,12 @@ class Resolver:
                     self.ids[(kind, value)] = contact_id
                     contact_ids.add(contact_id)
         self._load_contacts(sorted(contact_ids))
+        # An identity whose contact vanished meanwhile (erased by a concurrent request on
+        # PostgreSQL) is treated as unknown; storing it again then fails on its key and
+        # the writer retries the whole batch against the new state.
+        for ident, contact_id in list(self.ids.items()):
+            if contact_id not in self.contacts:
+                del self.ids[ident]
         self._load_traits(messages)
 
     def _load_traits(self, messages: list[Message]) -> None:

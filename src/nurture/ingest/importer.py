@@ -184,8 +184,8 @@ def import_file(
     """Import a JSONL or CSV file (see the module docstring); `nurture` must be started.
 
     Raises ValidationError for wrong options, `unreadable_file` when the file
-    cannot be read (rows before the failure are stored; a re-run adds them no
-    twice), StorageUnavailable when the database refuses a batch."""
+    cannot be read (rows before the failure are stored; a re-run does not add
+    them twice), StorageUnavailable when the database refuses a batch."""
     path = Path(path)
     fmt = fmt or guess_format(path)
     if fmt not in FORMATS:

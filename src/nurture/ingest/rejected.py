@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import func, select, update
 
 from nurture.errors import NotFound
-from nurture.ingest.service import ParsedBatch
+from nurture.ingest.service import ParsedBatch, db_text
 from nurture.store import Database
 from nurture.store import tables as t
 
@@ -180,7 +180,11 @@ class RejectedStore:
     ) -> None:
         values: dict[str, Any] = {"replay_result": outcome, "replayed_at": replayed_at}
         if code is not None:
-            values.update(code=code, path=path, message=message or "")
+            values.update(
+                code=code,
+                path=db_text(path)[:500] if path else None,
+                message=db_text(message or ""),
+            )
         with self.db.write() as conn:
             conn.execute(
                 update(t.rejected_events)

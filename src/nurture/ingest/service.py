@@ -71,6 +71,26 @@ class ConcurrentWrite(Exception):
     """The transaction lost a race with another writer; retrying it is safe."""
 
 
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here
+            found = _nul_path(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _raw_text(raw: Any) -> tuple[str, int]:
     try:
         data = orjson.dumps(raw)
@@ -95,8 +115,24 @@ def parse_batch(
     for index, raw in enumerate(raws):
         text, size = _raw_text(raw)
         message_id = raw.get("messageId") if isinstance(raw, dict) else None
-        message_id = str(message_id) if message_id is not None else None
+        message_id = str(message_id)[:255] if message_id is not None else None
         prefix = f"{path_prefix}[{index}]" if path_prefix else ""
+        nul = _nul_path(raw) if "\\u0000" in text else None
+        if nul is not None:
+            path = ".".join(p for p in (prefix, nul) if p) or None
+            out.rejections.append(
+                Rejection(
+                    index,
+                    message_id,
+                    "invalid_character",
+                    path,
+                    "contains a NUL character (\\u0000), which no text field may hold",
+                    text,
+                    size,
+                    source,
+                )
+            )
+            continue
         if size > max_message_bytes:
             out.rejections.append(
                 Rejection(
@@ -256,6 +292,11 @@ class IngestStore:
         )
 
 
+def db_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; keep it visible as its JSON escape.
+    return value.replace("\x00", "\\u0000")
+
+
 def store_rejections(conn: Connection, rejections: list[Rejection], now: datetime) -> None:
     """Keep rejected input, raw, for inspection and replay."""
     if not rejections:
@@ -265,12 +306,12 @@ def store_rejections(conn: Connection, rejections: list[Rejection], now: datetim
         [
             {
                 "received_at": now,
-                "source": r.source[:500],
+                "source": db_text(r.source)[:500],
                 "code": r.code,
-                "path": r.path,
-                "message": r.message,
-                "message_id": r.message_id,
-                "raw": r.raw,
+                "path": db_text(r.path)[:500] if r.path else None,
+                "message": db_text(r.message),
+                "message_id": db_text(r.message_id)[:255] if r.message_id else None,
+                "raw": db_text(r.raw) if r.raw is not None else None,
                 "size": r.size,
             }
             for r in rejections

@@ -1,0 +1,1 @@
+"""Benchmarks and the synthetic data generator (DESIGN §10). Run them all with `bench/run`."""

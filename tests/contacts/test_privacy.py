@@ -1,0 +1,174 @@
+"""GDPR/CCPA export and erasure, and the suppression list, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from nurture.core import Nurture
+from nurture.errors import NotFound
+from nurture.store import tables as t
+
+
+@pytest.fixture
+def alice(nurture: Nurture, send: Any) -> int:
+    """Given Alice: anonymous browsing merged on sign-up, an alias, an account, a rejected
+    message with her user id; and Bob, who shares nothing with her but the case of an id."""
+    send(
+        {"type": "page", "anonymousId": "anon-alice", "name": "Pricing"},
+    )
+    send(
+        {"type": "track", "userId": "alice-1", "event": "Signed Up"},
+    )
+    send(
+        {
+            "type": "identify",
+            "userId": "alice-1",
+            "anonymousId": "anon-alice",
+            "traits": {"email": "Alice@Example.COM", "phone": "+1 415 555 0199", "age": 41},
+        },
+        {"type": "alias", "previousId": "old-alice", "userId": "alice-1"},
+        {"type": "group", "userId": "alice-1", "groupId": "acme", "traits": {"name": "Acme"}},
+        {"type": "track", "userId": "alice-1", "event": "Bad", "timestamp": "not a time"},
+        {
+            "type": "track",
+            "userId": "x",
+            "event": "Bad",
+            "traits": {"email": "ALICE@example.com"},
+            "timestamp": "nope",
+        },
+        {"type": "identify", "userId": "ALICE-1", "traits": {"email": "bob@example.com"}},
+        {"type": "track", "userId": "ALICE-1", "event": "Bad", "timestamp": "never"},
+        {"type": "group", "userId": "ALICE-1", "groupId": "acme"},
+        rejected=3,
+    )
+    return int(nurture.contacts.lookup(user_id="alice-1")["id"])
+
+
+def count(nurture: Nurture, table: Any, *where: Any) -> int:
+    with nurture.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar())
+
+
+def test_export_holds_everything_about_the_contact(nurture: Nurture, alice: int) -> None:
+    # When exporting Alice
+    doc = nurture.contacts.export(alice)
+    # Then the document holds her profile, identities, events, account, merges and input
+    assert doc["format"] == "nurture.contact-export/1"
+    assert doc["exported_at"] == nurture.clock.now()
+    assert doc["contact"]["email"] == "alice@example.com"
+    assert doc["traits"]["age"] == 41
+    assert {(i["kind"], i["value"]) for i in doc["identities"]} == {
+        ("user_id", "alice-1"),
+        ("user_id", "old-alice"),
+        ("anonymous_id", "anon-alice"),
+        ("anonymous_id", "old-alice"),
+    }
+    assert sorted(e["type"] for e in doc["events"]) == [
+        "alias",
+        "group",
+        "identify",
+        "page",
+        "track",
+    ]
+    assert all(e["contact_id"] == alice for e in doc["events"])
+    assert [(a["group_id"], a["name"]) for a in doc["accounts"]] == [("acme", "Acme")]
+    (merge,) = doc["merges"]
+    assert merge["into_contact_id"] == alice and merge["reason"] == "identify"
+    assert [m["id"] for m in doc["merged_contacts"]] == [merge["from_contact_id"]]
+    # Rejected input naming her (by user id, or by email in another case); not Bob's
+    raws = [r["raw"] for r in doc["rejected_input"]]
+    assert len(raws) == 2 and all("ALICE-1" not in r for r in raws)
+    # And it is all JSON
+    assert orjson.loads(orjson.dumps(doc))["contact"]["id"] == alice
+
+
+def test_erase_removes_the_contact_and_keeps_only_hashes(nurture: Nurture, alice: int) -> None:
+    bob_before = nurture.contacts.lookup(user_id="ALICE-1")
+    tombstone = nurture.contacts.get(alice)["merged_contact_ids"][0]
+    # When erasing Alice
+    report = nurture.contacts.erase(alice)
+    # Then everything about her is gone, in every table
+    assert report["contact_id"] == alice
+    assert report["events_deleted"] == 5
+    assert report["contacts_deleted"] == 2  # her and her anonymous tombstone
+    assert report["rejected_deleted"] == 2
+    assert report["suppressed"] == ["email", "phone"]
+    ids = (alice, tombstone)
+    assert count(nurture, t.events, t.events.c.contact_id.in_(ids)) == 0
+    assert count(nurture, t.contacts, t.contacts.c.id.in_(ids)) == 0
+    assert count(nurture, t.identities, t.identities.c.contact_id.in_(ids)) == 0
+    assert count(nurture, t.account_members, t.account_members.c.contact_id.in_(ids)) == 0
+    assert count(nurture, t.contact_merges) == 0
+    with nurture.db.read() as conn:
+        raws = list(conn.execute(select(t.rejected_events.c.raw)).scalars())
+        erasure = conn.execute(select(t.erasures)).one()
+    assert len(raws) == 1 and "ALICE-1" in raws[0]  # Bob's rejected input stays
+    assert not any("alice-1" in r.lower() and "ALICE-1" not in r for r in raws)
+    assert (erasure.contact_id, erasure.events_deleted) == (alice, 5)
+    # And the suppression list has her salted email hash, and knows her in any notation
+    salt = nurture.db.meta_value("salt")
+    assert salt
+    digest = hashlib.sha256((salt + "alice@example.com").encode()).hexdigest()
+    assert count(nurture, t.suppressions, t.suppressions.c.hash == digest) == 1
+    assert nurture.contacts.is_suppressed(email="  ALICE@example.com")
+    assert nurture.contacts.is_suppressed(phone="(415) 555-0199", region="US")
+    assert nurture.contacts.is_suppressed(phone="+14155550199")
+    assert not nurture.contacts.is_suppressed(email="bob@example.com", phone="+14155550100")
+    assert not nurture.contacts.is_suppressed(email="not an email")
+    # And Bob is untouched
+    bob_after = nurture.contacts.lookup(user_id="ALICE-1")
+    assert bob_after == bob_before
+    assert nurture.contacts.account("acme")["member_count"] == 1
+    # And neither her ids nor a second erasure find anything
+    for lookup in ({"user_id": "alice-1"}, {"anonymous_id": "anon-alice"}):
+        with pytest.raises(NotFound):
+            nurture.contacts.lookup(**lookup)
+    with pytest.raises(NotFound):
+        nurture.contacts.erase(alice)
+    with pytest.raises(NotFound):
+        nurture.contacts.erase(tombstone)
+
+
+def test_erase_by_merged_away_id_erases_the_survivor(nurture: Nurture, alice: int) -> None:
+    # Given the id of Alice's anonymous contact, merged into her
+    tombstone = nurture.contacts.get(alice)["merged_contact_ids"][0]
+    # When erasing by that id
+    report = nurture.contacts.erase(tombstone)
+    # Then it is Alice (the same person) who is erased
+    assert report["contact_id"] == alice
+    with pytest.raises(NotFound):
+        nurture.contacts.get(alice)
+
+
+def test_the_same_person_coming_back_is_a_new_contact_but_stays_suppressed(
+    nurture: Nurture, alice: int, send: Any
+) -> None:
+    nurture.contacts.erase(alice)
+    # When she signs up again
+    send({"type": "identify", "userId": "alice-1", "traits": {"email": "alice@example.com"}})
+    # Then she is a new contact, and messaging still must not write to her address
+    assert nurture.contacts.lookup(user_id="alice-1")["id"] != alice
+    assert nurture.contacts.is_suppressed(email="alice@example.com")
+
+
+def test_erase_suppresses_every_address_the_contact_ever_gave(nurture: Nurture, send: Any) -> None:
+    # Given a customer who changed email and phone over time
+    send(
+        {"type": "identify", "userId": "u7", "traits": {"email": "old@example.com"}},
+        {"type": "identify", "userId": "u7", "traits": {"phone": "+4930123456", "country": "DE"}},
+        {"type": "identify", "userId": "u7", "traits": {"email": "new@example.com"}},
+    )
+    contact = nurture.contacts.lookup(user_id="u7")["id"]
+    # When erasing them
+    report = nurture.contacts.erase(contact)
+    # Then every address they gave is suppressed, and nothing else
+    assert report["suppressed"] == ["email", "email", "phone"]
+    assert nurture.contacts.is_suppressed(email="OLD@example.com")
+    assert nurture.contacts.is_suppressed(email="new@example.com")
+    assert nurture.contacts.is_suppressed(phone="030 123456", region="DE")
+    assert not nurture.contacts.is_suppressed(email="other@example.com")
