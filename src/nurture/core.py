@@ -48,6 +48,7 @@ class Nurture:
         """Migrate the schema and start the ingest writer (idempotent)."""
         if not self._started:
             self.db.migrate()
+            self.db.start_checkpointer()
             self.writer.start()
             self._started = True
         return self
@@ -55,6 +56,7 @@ class Nurture:
     def stop(self) -> None:
         if self._started:
             self.writer.stop()
+            self.db.stop_checkpointer()
             self._started = False
         self.db.dispose()
 

@@ -47,6 +47,8 @@ class Database:
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.url = parsed
         self._write_lock = threading.RLock()
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpointer = threading.Event()
         kwargs: dict[str, Any] = {
             "json_serializer": _json_dumps,
             "json_deserializer": orjson.loads,
@@ -85,6 +87,9 @@ class Database:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=OFF")
             cur.execute("PRAGMA cache_size=-65536")
+            # Checkpoints normally run in the background (start_checkpointer); this is
+            # the backstop when nothing runs them (about 40 MB of WAL).
+            cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -153,5 +158,33 @@ class Database:
                 select(tables.meta.c.value).where(tables.meta.c.key == key)
             ).scalar()
 
+    def start_checkpointer(self, interval: float = 0.5) -> None:
+        """SQLite only: copy the WAL into the database from a background thread.
+
+        Otherwise the commit that crosses the autocheckpoint threshold does that work
+        while holding the write lock. sqlite3 releases the GIL while it checkpoints, so
+        this runs on the other core. PASSIVE never blocks readers or the writer."""
+        if not self.is_sqlite or self._checkpointer is not None:
+            return
+        self._stop_checkpointer.clear()
+
+        def run() -> None:
+            while not self._stop_checkpointer.wait(interval):
+                try:
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                except Exception:  # a busy or closing database: try again next time
+                    continue
+
+        self._checkpointer = threading.Thread(target=run, name="nurture-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def stop_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._stop_checkpointer.set()
+            self._checkpointer.join()
+            self._checkpointer = None
+
     def dispose(self) -> None:
+        self.stop_checkpointer()
         self.engine.dispose()
