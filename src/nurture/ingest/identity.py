@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from nurture.contacts.profile import Profile, build_profile
 from nurture.ingest.messages import Message
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows
+from nurture.store.bulk import insert_rows, one_of, update_rows
 
 USER = "user_id"
 ANON = "anonymous_id"
@@ -103,7 +103,7 @@ class Resolver:
             for n in range(0, len(ordered), _CHUNK):
                 rows = self.conn.execute(
                     select(i.value, i.contact_id).where(
-                        i.kind == kind, i.value.in_(ordered[n : n + _CHUNK])
+                        i.kind == kind, one_of(self.conn, i.value, ordered[n : n + _CHUNK])
                     )
                 )
                 for value, contact_id in rows:
@@ -132,7 +132,7 @@ class Resolver:
         for n in range(0, len(ordered), _CHUNK):
             rows = self.conn.execute(
                 select(c.id, c.traits, c.timezone, c.locale).where(
-                    c.id.in_(ordered[n : n + _CHUNK])
+                    one_of(self.conn, c.id, ordered[n : n + _CHUNK])
                 )
             )
             for row in rows:
@@ -150,7 +150,7 @@ class Resolver:
         for n in range(0, len(ids), _CHUNK):
             query = (
                 select(c.id, c.user_id, c.first_seen_at, c.last_seen_at)
-                .where(c.id.in_(ids[n : n + _CHUNK]))
+                .where(one_of(self.conn, c.id, ids[n : n + _CHUNK]))
                 .order_by(c.id)
             )
             if self.conn.dialect.name == "postgresql":
@@ -433,15 +433,15 @@ class Resolver:
         )
 
     def _update_contacts(self) -> None:
-        """Two executemany statements: contacts whose traits changed, and contacts
-        that were only seen (first/last seen moved)."""
+        """Two bulk updates: contacts whose traits changed, and contacts that were
+        only seen (first/last seen moved)."""
         seen: list[dict[str, Any]] = []
         full: list[dict[str, Any]] = []
         for s in self.contacts.values():
             if not (s.persisted and s.merged_into is None and s.dirty):
                 continue
             row = {
-                "_id": s.key,
+                "_key": s.key,
                 "first_seen_at": s.first_seen,
                 "last_seen_at": s.last_seen,
                 "updated_at": self.now,
@@ -451,16 +451,8 @@ class Resolver:
                 full.append(row)
             else:
                 seen.append(row)
-        c = t.contacts.c
-        for rows in (seen, full):
-            if rows:
-                names = [k for k in rows[0] if k != "_id"]
-                stmt = (
-                    update(t.contacts)
-                    .where(c.id == bindparam("_id"))
-                    .values({name: bindparam(name) for name in names})
-                )
-                self.conn.execute(stmt, rows)
+        update_rows(self.conn, t.contacts, "id", seen)
+        update_rows(self.conn, t.contacts, "id", full)
 
 
 def allocate_ids(conn: Connection, count: int) -> list[int]:

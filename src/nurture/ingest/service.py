@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from nurture.ingest.identity import Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows
+from nurture.store.bulk import insert_rows, one_of
 
 _CHUNK = 500
 
@@ -185,7 +185,9 @@ class IngestStore:
         ids = list(unique)
         for i in range(0, len(ids), _CHUNK):
             seen = conn.execute(
-                select(t.events.c.message_id).where(t.events.c.message_id.in_(ids[i : i + _CHUNK]))
+                select(t.events.c.message_id).where(
+                    one_of(conn, t.events.c.message_id, ids[i : i + _CHUNK])
+                )
             ).scalars()
             for message_id in seen:
                 del unique[message_id]

@@ -6,9 +6,10 @@ its future; the writer thread takes whatever has queued up (up to
 `max_messages`) and stores it in one transaction. A request is answered only
 after the commit that holds its messages (DESIGN §9: acknowledged = stored).
 
-On PostgreSQL several writer threads run, each with its own transactions, and a
-batch that loses a race (a deadlock, or two processes creating the same
-contact) is simply retried: its effects were rolled back whole.
+On PostgreSQL every process has such a writer, and the writers of all processes
+take turns through an advisory lock: parsing and validation run in parallel, the
+identity-resolving transaction runs one at a time. A transaction that still loses a
+race (with an erase, say) is simply retried: its effects were rolled back whole.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from nurture.store import Database
 
 log = logging.getLogger(__name__)
 _RETRIES = 8
+INGEST_LOCK = 7263552  # pg_advisory_xact_lock key held by every ingest transaction
 
 
 @dataclass
@@ -57,7 +59,7 @@ class IngestWriter:
         self.clock = clock
         self.store = store or IngestStore()
         self.max_messages = max_messages
-        self.threads = threads or (1 if db.is_sqlite else 4)
+        self.threads = threads or 1
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
 
@@ -144,6 +146,11 @@ class IngestWriter:
 
     def _store(self, group: list[_Item]) -> list[BatchResult]:
         with self.db.write() as conn:
+            if not self.db.is_sqlite:
+                # One ingest transaction at a time across all processes, as on SQLite:
+                # concurrent ones would wait on each other's contact and identity rows
+                # anyway, and deadlock when two create the same identities.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": INGEST_LOCK})
             now = self.clock.now()
             messages = [m for item in group for m in item.batch.messages]
             stored = self.store.store(conn, messages, now)

@@ -1,10 +1,12 @@
-"""Bulk inserts for the hot path: one compiled statement, rows converted once.
+"""Bulk writes for the hot path: one compiled statement, rows converted once.
 
 SQLAlchemy's executemany re-processes every parameter of every row through
 several layers; for tens of thousands of events a second that is most of the
-cost. Here the statement is compiled once per (dialect, table, columns) and each
-value goes through exactly the column type's own bind processor, so the stored
-values are the same as Core would store.
+cost. Here each value goes through exactly its column type's own bind processor
+(so what is stored is what Core would store), and the rows reach the driver in
+the form that is cheapest for each backend: `executemany` for SQLite (in-process,
+one prepared statement), one array per column for PostgreSQL (`unnest`: one short
+statement and one round trip for any number of rows, instead of one per row).
 """
 
 from __future__ import annotations
@@ -13,26 +15,43 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import ARRAY, Column, ColumnElement, Connection, Table, any_, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
+Processor = Callable[[Any], Any] | None
+
 
 @lru_cache(maxsize=64)
-def _compiled(
+def _processors(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Processor, ...]:
+    return tuple(table.c[name].type._cached_bind_processor(dialect) for name in columns)
+
+
+def _convert(
+    rows: Sequence[dict[str, Any]], columns: tuple[str, ...], procs: tuple[Processor, ...]
+) -> list[list[Any]]:
+    pairs = list(zip(columns, procs, strict=True))
+    return [
+        [
+            row[name] if proc is None or row[name] is None else proc(row[name])
+            for name, proc in pairs
+        ]
+        for row in rows
+    ]
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(
     dialect: Dialect, table: Table, columns: tuple[str, ...], ignore_conflicts: bool
-) -> tuple[str, tuple[str, ...] | None, tuple[Callable[[Any], Any] | None, ...]]:
+) -> tuple[str, tuple[str, ...]]:
+    """The single-row INSERT and the order its parameters appear in."""
     if ignore_conflicts:
         module = postgresql if dialect.name == "postgresql" else sqlite
         stmt: Any = module.insert(table).on_conflict_do_nothing()
     else:
         stmt = table.insert()
     compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
-    positions = (
-        tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-    )
-    processors = tuple(table.c[name].type._cached_bind_processor(dialect) for name in columns)
-    return str(compiled), positions, processors
+    return str(compiled), tuple(compiled.positiontup or ())
 
 
 def insert_rows(
@@ -47,13 +66,83 @@ def insert_rows(
     if not rows:
         return 0
     columns = tuple(rows[0])
-    sql, positions, processors = _compiled(conn.dialect, table, columns, ignore_conflicts)
-    pairs = list(zip(columns, processors, strict=True))
-    converted: list[Any] = []
-    for row in rows:
-        values = {
-            name: (proc(row[name]) if proc is not None and row[name] is not None else row[name])
-            for name, proc in pairs
-        }
-        converted.append(tuple(values[p] for p in positions) if positions else values)
-    return int(conn.exec_driver_sql(sql, converted).rowcount)
+    dialect = conn.dialect
+    values = _convert(rows, columns, _processors(dialect, table, columns))
+    if dialect.name == "postgresql":
+        sql = _pg_insert_sql(dialect, table, columns, ignore_conflicts)
+        return int(conn.exec_driver_sql(sql, _pg_arrays(values, len(columns))).rowcount)
+    sql, order = _insert_sql(dialect, table, columns, ignore_conflicts)
+    index = [columns.index(name) for name in order]
+    return int(conn.exec_driver_sql(sql, [tuple(v[i] for i in index) for v in values]).rowcount)
+
+
+def _pg_arrays(values: list[list[Any]], width: int) -> tuple[list[Any], ...]:
+    """Rows to one list per column: PostgreSQL receives each column as one array."""
+    return tuple([row[i] for row in values] for i in range(width))
+
+
+@lru_cache(maxsize=64)
+def _pg_unnest(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> str:
+    arrays = ", ".join(f"%s::{table.c[n].type.compile(dialect)}[]" for n in columns)
+    return f"unnest({arrays})"
+
+
+@lru_cache(maxsize=64)
+def _pg_insert_sql(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], ignore_conflicts: bool
+) -> str:
+    """INSERT ... SELECT FROM unnest(arrays): a short statement PostgreSQL plans once,
+    whatever the number of rows."""
+    quote = dialect.identifier_preparer.quote
+    names = ", ".join(quote(n) for n in columns)
+    source = _pg_unnest(dialect, table, columns)
+    sql = f"INSERT INTO {quote(table.name)} ({names}) SELECT * FROM {source}"
+    return sql + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
+
+
+@lru_cache(maxsize=64)
+def _pg_update_sql(dialect: Dialect, table: Table, key: str, columns: tuple[str, ...]) -> str:
+    quote = dialect.identifier_preparer.quote
+    target = quote(table.name)
+    sets = ", ".join(f"{quote(n)} = v.{quote(n)}" for n in columns)
+    names = ", ".join(quote(n) for n in ("_key", *columns))
+    source = _pg_unnest(dialect, table, (key, *columns))
+    where = f"{target}.{quote(key)} = v._key"
+    return f"UPDATE {target} SET {sets} FROM {source} AS v({names}) WHERE {where}"
+
+
+def update_rows(conn: Connection, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Update rows by key: each dict holds `_key` and the same other columns."""
+    if not rows:
+        return
+    columns = tuple(name for name in rows[0] if name != "_key")
+    dialect = conn.dialect
+    values = _convert(rows, columns, _processors(dialect, table, columns))
+    keys = [row["_key"] for row in rows]
+    if dialect.name == "postgresql":
+        sql = _pg_update_sql(dialect, table, key, columns)
+        arrays = _pg_arrays([[k, *v] for k, v in zip(keys, values, strict=True)], len(columns) + 1)
+        conn.exec_driver_sql(sql, arrays)
+        return
+    stmt = (
+        update(table)
+        .where(table.c[key] == bindparam("_key"))
+        .values({name: bindparam(name) for name in columns})
+    )
+    compiled = stmt.compile(dialect=dialect)
+    order = tuple(compiled.positiontup or ())
+    position = {name: i for i, name in enumerate(columns)}
+    params = [
+        tuple(k if name == "_key" else v[position[name]] for name in order)
+        for k, v in zip(keys, values, strict=True)
+    ]
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def one_of(conn: Connection, column: Column[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)` as each backend runs it best: on PostgreSQL one array
+    parameter (`= ANY(:values)`), a short statement that is prepared once and planned
+    with the index, instead of hundreds of parameters parsed anew each time."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)

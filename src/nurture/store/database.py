@@ -58,9 +58,13 @@ class Database:
             self.engine = create_engine(parsed, **kwargs)
             self._configure_sqlite(self.engine, sqlite_synchronous)
         else:
-            connect_args: dict[str, Any] = {}
+            # psycopg prepares a statement after 5 runs, and PostgreSQL then switches to
+            # a generic plan that ignores the actual values; for `= ANY(:ids)` lookups
+            # that plan can be a sequential scan (measured: 160 ms instead of 2 ms).
+            options = ["-cplan_cache_mode=force_custom_plan"]
             if search_path:
-                connect_args["options"] = f"-csearch_path={search_path}"
+                options.append(f"-csearch_path={search_path}")
+            connect_args: dict[str, Any] = {"options": " ".join(options)}
             self.engine = create_engine(
                 parsed,
                 pool_size=pool_size,
