@@ -39,6 +39,10 @@ ANON = "anonymous_id"
 _CHUNK = 500
 
 
+class ConcurrentWrite(Exception):
+    """The transaction lost a race with another writer; retrying it is safe."""
+
+
 @dataclass(slots=True)
 class ContactState:
     key: int  # the database id, or a negative placeholder until inserted
@@ -149,13 +153,17 @@ class Resolver:
         c = t.contacts.c
         for n in range(0, len(ids), _CHUNK):
             query = (
-                select(c.id, c.user_id, c.first_seen_at, c.last_seen_at)
+                select(c.id, c.user_id, c.first_seen_at, c.last_seen_at, c.merged_into)
                 .where(one_of(self.conn, c.id, ids[n : n + _CHUNK]))
                 .order_by(c.id)
             )
             if self.conn.dialect.name == "postgresql":
                 query = query.with_for_update()
             for row in self.conn.execute(query):
+                if row.merged_into is not None:
+                    # Identities always point at live contacts; this one was merged by
+                    # a transaction that committed after our identity read. Start over.
+                    raise ConcurrentWrite(f"contact {row.id} was merged meanwhile")
                 self.contacts[row.id] = ContactState(
                     key=row.id,
                     persisted=True,

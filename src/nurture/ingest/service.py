@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from nurture.ingest.identity import Resolver
+from nurture.ingest.identity import ConcurrentWrite, Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, one_of
@@ -65,10 +65,6 @@ class BatchResult:
             "duplicates": self.duplicates,
             "rejected": [r.to_dict() for r in self.rejected],
         }
-
-
-class ConcurrentWrite(Exception):
-    """The transaction lost a race with another writer; retrying it is safe."""
 
 
 def _nul_path(value: Any, path: str = "") -> str | None:

@@ -23,13 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from nurture.clock import Clock
-from nurture.ingest.service import (
-    BatchResult,
-    ConcurrentWrite,
-    IngestStore,
-    ParsedBatch,
-    store_rejections,
-)
+from nurture.ingest.identity import ConcurrentWrite
+from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, store_rejections
 from nurture.store import Database
 
 log = logging.getLogger(__name__)
