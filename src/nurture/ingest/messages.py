@@ -48,6 +48,9 @@ class Message:
     received_at: datetime
     sent_at: datetime | None
     original_timestamp: datetime | None
+    # properties/traits/context already serialised to JSON text, done while parsing
+    # (in parallel with the writer) so that the write transaction does not have to.
+    encoded: dict[str, str | None] | None = None
 
 
 def parse_time(value: Any, path: str) -> datetime | None:

@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from nurture.contacts.profile import build_profile
 from nurture.ingest.identity import ConcurrentWrite, Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
 from nurture.store import tables as t
@@ -65,6 +66,33 @@ class BatchResult:
             "duplicates": self.duplicates,
             "rejected": [r.to_dict() for r in self.rejected],
         }
+
+
+_ENCODED = frozenset({"properties", "traits", "context"})
+
+
+def _encode(m: Message) -> dict[str, str | None]:
+    _prepare(m)
+    assert m.encoded is not None
+    return m.encoded
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _prepare(m: Message) -> None:
+    """Work the write transaction would otherwise do, done here while parsing, which
+    runs alongside the writer: JSON encoding, and validating reserved traits (the
+    results are cached, so the writer finds them ready)."""
+    traits = m.traits if m.type in ("identify", "group") else None
+    m.encoded = {
+        "properties": _json(m.properties),
+        "traits": _json(traits),
+        "context": _json(m.context),
+    }
+    if m.type == "identify" and m.traits:
+        build_profile(m.traits, context=m.context)
 
 
 def _nul_path(value: Any, path: str = "") -> str | None:
@@ -144,20 +172,21 @@ def parse_batch(
             )
             continue
         try:
-            out.messages.append(
-                parse_message(
-                    raw,
-                    received_at=received_at,
-                    default_type=default_type,
-                    batch_sent_at=batch_sent_at,
-                    batch_context=batch_context,
-                )
+            message = parse_message(
+                raw,
+                received_at=received_at,
+                default_type=default_type,
+                batch_sent_at=batch_sent_at,
+                batch_context=batch_context,
             )
         except MessageError as exc:
             path = ".".join(p for p in (prefix, exc.path) if p) or None
             out.rejections.append(
                 Rejection(index, message_id, exc.code, path, exc.message, text, size, source)
             )
+            continue
+        _prepare(message)
+        out.messages.append(message)
     return out
 
 
@@ -217,13 +246,12 @@ class IngestStore:
                 "received_at": m.received_at,
                 "sent_at": m.sent_at,
                 "original_timestamp": m.original_timestamp,
-                "properties": m.properties,
-                "traits": m.traits if m.type in ("identify", "group") else None,
-                "context": m.context,
+                **(m.encoded or _encode(m)),
             }
             for m, key in zip(fresh, keys, strict=True)
         ]
-        if insert_rows(conn, t.events, rows, ignore_conflicts=True) != len(rows):
+        inserted = insert_rows(conn, t.events, rows, ignore_conflicts=True, encoded=_ENCODED)
+        if inserted != len(rows):
             # Another transaction stored one of these messageIds since our check; start
             # over so that its identity and trait effects are not applied twice.
             raise ConcurrentWrite("a message of this batch was stored concurrently")

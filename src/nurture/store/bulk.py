@@ -60,14 +60,19 @@ def insert_rows(
     rows: Sequence[dict[str, Any]],
     *,
     ignore_conflicts: bool = False,
+    encoded: frozenset[str] = frozenset(),
 ) -> int:
     """Insert rows that all have the same keys (`ON CONFLICT DO NOTHING` if asked);
-    returns how many rows were inserted."""
+    returns how many rows were inserted. Columns named in `encoded` hold values
+    already in their stored form (JSON text) and skip their type's processing."""
     if not rows:
         return 0
     columns = tuple(rows[0])
     dialect = conn.dialect
-    values = _convert(rows, columns, _processors(dialect, table, columns))
+    procs = _processors(dialect, table, columns)
+    if encoded:
+        procs = tuple(None if n in encoded else p for n, p in zip(columns, procs, strict=True))
+    values = _convert(rows, columns, procs)
     if dialect.name == "postgresql":
         sql = _pg_insert_sql(dialect, table, columns, ignore_conflicts)
         return int(conn.exec_driver_sql(sql, _pg_arrays(values, len(columns))).rowcount)
