@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from nurture.clock import Clock, SystemClock
+from nurture.contacts.privacy import PrivacyService
 from nurture.contacts.service import ContactService
 from nurture.ingest.rejected import RejectedStore
 from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, parse_batch
@@ -41,6 +42,7 @@ class Nurture:
             max_messages=self.settings.ingest_group_max_messages,
         )
         self.contacts = ContactService(self.db, self.clock)
+        self.privacy = PrivacyService(self.db, self.clock)
         self.rejected = RejectedStore(self.db, self)
         self._started = False
 

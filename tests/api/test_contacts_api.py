@@ -157,7 +157,7 @@ def test_export_then_erase(
     assert client.get("/api/contacts", params={"q": "scully"}, headers=admin).json()["items"] == []
     assert client.delete(f"/api/contacts/{dana['id']}", headers=admin).status_code == 404
     assert nurture.rejected.count() == 0
-    assert nurture.contacts.is_suppressed(
+    assert nurture.privacy.is_suppressed(
         email="dana@EXAMPLE.com", phone="06 12 34 56 78", region="FR"
     )
     # And the other customer is untouched

@@ -56,7 +56,7 @@ def count(nurture: Nurture, table: Any, *where: Any) -> int:
 
 def test_export_holds_everything_about_the_contact(nurture: Nurture, alice: int) -> None:
     # When exporting Alice
-    doc = nurture.contacts.export(alice)
+    doc = nurture.privacy.export(alice)
     # Then the document holds her profile, identities, events, account, merges and input
     assert doc["format"] == "nurture.contact-export/1"
     assert doc["exported_at"] == nurture.clock.now()
@@ -91,7 +91,7 @@ def test_erase_removes_the_contact_and_keeps_only_hashes(nurture: Nurture, alice
     bob_before = nurture.contacts.lookup(user_id="ALICE-1")
     tombstone = nurture.contacts.get(alice)["merged_contact_ids"][0]
     # When erasing Alice
-    report = nurture.contacts.erase(alice)
+    report = nurture.privacy.erase(alice)
     # Then everything about her is gone, in every table
     assert report["contact_id"] == alice
     assert report["events_deleted"] == 5
@@ -115,11 +115,11 @@ def test_erase_removes_the_contact_and_keeps_only_hashes(nurture: Nurture, alice
     assert salt
     digest = hashlib.sha256((salt + "alice@example.com").encode()).hexdigest()
     assert count(nurture, t.suppressions, t.suppressions.c.hash == digest) == 1
-    assert nurture.contacts.is_suppressed(email="  ALICE@example.com")
-    assert nurture.contacts.is_suppressed(phone="(415) 555-0199", region="US")
-    assert nurture.contacts.is_suppressed(phone="+14155550199")
-    assert not nurture.contacts.is_suppressed(email="bob@example.com", phone="+14155550100")
-    assert not nurture.contacts.is_suppressed(email="not an email")
+    assert nurture.privacy.is_suppressed(email="  ALICE@example.com")
+    assert nurture.privacy.is_suppressed(phone="(415) 555-0199", region="US")
+    assert nurture.privacy.is_suppressed(phone="+14155550199")
+    assert not nurture.privacy.is_suppressed(email="bob@example.com", phone="+14155550100")
+    assert not nurture.privacy.is_suppressed(email="not an email")
     # And Bob is untouched
     bob_after = nurture.contacts.lookup(user_id="ALICE-1")
     assert bob_after == bob_before
@@ -129,16 +129,16 @@ def test_erase_removes_the_contact_and_keeps_only_hashes(nurture: Nurture, alice
         with pytest.raises(NotFound):
             nurture.contacts.lookup(**lookup)
     with pytest.raises(NotFound):
-        nurture.contacts.erase(alice)
+        nurture.privacy.erase(alice)
     with pytest.raises(NotFound):
-        nurture.contacts.erase(tombstone)
+        nurture.privacy.erase(tombstone)
 
 
 def test_erase_by_merged_away_id_erases_the_survivor(nurture: Nurture, alice: int) -> None:
     # Given the id of Alice's anonymous contact, merged into her
     tombstone = nurture.contacts.get(alice)["merged_contact_ids"][0]
     # When erasing by that id
-    report = nurture.contacts.erase(tombstone)
+    report = nurture.privacy.erase(tombstone)
     # Then it is Alice (the same person) who is erased
     assert report["contact_id"] == alice
     with pytest.raises(NotFound):
@@ -148,12 +148,12 @@ def test_erase_by_merged_away_id_erases_the_survivor(nurture: Nurture, alice: in
 def test_the_same_person_coming_back_is_a_new_contact_but_stays_suppressed(
     nurture: Nurture, alice: int, send: Any
 ) -> None:
-    nurture.contacts.erase(alice)
+    nurture.privacy.erase(alice)
     # When she signs up again
     send({"type": "identify", "userId": "alice-1", "traits": {"email": "alice@example.com"}})
     # Then she is a new contact, and messaging still must not write to her address
     assert nurture.contacts.lookup(user_id="alice-1")["id"] != alice
-    assert nurture.contacts.is_suppressed(email="alice@example.com")
+    assert nurture.privacy.is_suppressed(email="alice@example.com")
 
 
 def test_erase_suppresses_every_address_the_contact_ever_gave(nurture: Nurture, send: Any) -> None:
@@ -165,10 +165,10 @@ def test_erase_suppresses_every_address_the_contact_ever_gave(nurture: Nurture, 
     )
     contact = nurture.contacts.lookup(user_id="u7")["id"]
     # When erasing them
-    report = nurture.contacts.erase(contact)
+    report = nurture.privacy.erase(contact)
     # Then every address they gave is suppressed, and nothing else
     assert report["suppressed"] == ["email", "email", "phone"]
-    assert nurture.contacts.is_suppressed(email="OLD@example.com")
-    assert nurture.contacts.is_suppressed(email="new@example.com")
-    assert nurture.contacts.is_suppressed(phone="030 123456", region="DE")
-    assert not nurture.contacts.is_suppressed(email="other@example.com")
+    assert nurture.privacy.is_suppressed(email="OLD@example.com")
+    assert nurture.privacy.is_suppressed(email="new@example.com")
+    assert nurture.privacy.is_suppressed(phone="030 123456", region="DE")
+    assert not nurture.privacy.is_suppressed(email="other@example.com")

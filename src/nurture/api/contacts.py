@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from nurture.api.auth import admin_key
+from nurture.contacts.privacy import PrivacyService
 from nurture.contacts.service import ContactService
 
 router = APIRouter(prefix="/api", tags=["contacts"], dependencies=[Depends(admin_key)])
@@ -190,6 +191,10 @@ def _contacts(request: Request) -> ContactService:
     return request.app.state.nurture.contacts  # type: ignore[no-any-return]
 
 
+def _privacy(request: Request) -> PrivacyService:
+    return request.app.state.nurture.privacy  # type: ignore[no-any-return]
+
+
 ContactId = Path(ge=1, le=MAX_ID, description="Internal id; a merged-away id gives the survivor")
 Limit = Query(50, ge=1, le=1000, description="Page size")
 AfterId = Query(0, ge=0, le=MAX_ID, description="`nextAfterId` of the previous page")
@@ -247,7 +252,7 @@ def export_contact(
     request: Request, response: Response, contact_id: int = ContactId
 ) -> dict[str, Any]:
     """Everything stored about a contact, as one JSON document (GDPR access/portability)."""
-    document = _contacts(request).export(contact_id)
+    document = _privacy(request).export(contact_id)
     name = f"nurture-contact-{document['contact']['id']}.json"
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return document
@@ -256,7 +261,7 @@ def export_contact(
 @router.delete("/contacts/{contact_id}", response_model=Erasure, responses=_ERRORS)
 def erase_contact(request: Request, contact_id: int = ContactId) -> dict[str, Any]:
     """Erase a contact and all its data (GDPR erasure); keeps only suppression hashes."""
-    return _contacts(request).erase(contact_id)
+    return _privacy(request).erase(contact_id)
 
 
 @router.get("/accounts", response_model=AccountPage, responses=_ERRORS)

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from nurture.cli.common import console, err_console, fail, running
 from nurture.errors import ValidationError
-from nurture.ingest.importer import FORMATS, KINDS, TYPES, ImportReport, import_file
+from nurture.ingest.csv_mapping import KINDS, TYPES
+from nurture.ingest.importer import FORMATS, ImportReport, import_file
 
 _MAP_HELP = (
     "Map a CSV column: COLUMN=TARGET (repeatable). TARGET is userId, anonymousId, messageId, "

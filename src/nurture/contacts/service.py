@@ -1,4 +1,4 @@
-"""Contacts: search, profiles, timelines, accounts, and personal-data export and erasure.
+"""Contacts: search, profiles, timelines and accounts.
 
 Reads return plain dicts with snake_case keys and `datetime` values; the HTTP API
 shapes them. Lists are keyset-paginated and never count the whole table: a page
@@ -6,46 +6,37 @@ says where the next one starts (`next_after_id`, `next_before`), or that it is t
 last one (None).
 
 A contact merged into another stays as a tombstone (`merged_into` set). Every read
-by contact id follows the tombstone to the survivor, so old ids keep working.
+by contact id follows the tombstone to the survivor (`live_contact`), so old ids
+keep working.
 
-Erasure (GDPR art. 17) deletes everything about a contact in one transaction and
-leaves only salted hashes of its email and phone in `suppressions`, so messaging
-can refuse to write to the person again without knowing who they were.
+Personal-data requests (export, erasure, suppression) are in `contacts/privacy.py`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, and_, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from nurture.clock import Clock
-from nurture.contacts.profile import normalize_email, normalize_phone
+from nurture.contacts.profile import normalize_email
 from nurture.errors import NotFound, ValidationError
 from nurture.ingest.messages import MESSAGE_TYPES
 from nurture.store import Database
 from nurture.store import tables as t
 
 MAX_LIMIT = 1000
-EXPORT_FORMAT = "nurture.contact-export/1"
 _USER, _ANON = "user_id", "anonymous_id"
 _MAX_HOPS = 32  # merges flatten chains; this only guards against a corrupt cycle
 _PHONE_LIKE = re.compile(r"^\+?[\d\s().\-]{3,}$")
 Doc = dict[str, Any]
 AnyRow = Row[*tuple[Any, ...]]
-
-
-def suppression_hash(salt: str, address: str) -> str:
-    """The key of an address in `suppressions`: sha256(salt + normalised address)."""
-    return hashlib.sha256((salt + address).encode()).hexdigest()
 
 
 def _check_limit(limit: int) -> None:
@@ -71,7 +62,8 @@ def _display_name(traits: dict[str, Any]) -> str | None:
     return joined or None
 
 
-def _row(row: AnyRow) -> Doc:
+def row_dict(row: AnyRow) -> Doc:
+    """A result row as a plain dict, keyed by column name."""
     # Column names are `quoted_name` (a str subclass); plain keys serialise anywhere.
     return {str(k): v for k, v in row._mapping.items()}
 
@@ -116,14 +108,6 @@ def decode_cursor(before: str) -> tuple[datetime, int | None]:
         ) from None
 
 
-def _contains(conn: Connection, column: Any, needle: str) -> ColumnElement[bool]:
-    """Case-sensitive substring test. Not LIKE: SQLite's LIKE ignores ASCII case,
-    which would let erasing user "U1" delete input of user "u1"."""
-    if conn.dialect.name == "postgresql":
-        return func.strpos(column, needle) > 0
-    return func.instr(column, needle) > 0
-
-
 def _lower_function(conn: Connection, q: str) -> Any:
     """SQL lower() for matching `q`. SQLite's own lower() folds only ASCII, so for a
     non-ASCII query it gets Python's, registered on this connection."""
@@ -137,18 +121,62 @@ def _lower_function(conn: Connection, q: str) -> Any:
     return func.nurture_lower
 
 
-def _insert_ignore(conn: Connection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
+def live_contact(conn: Connection, contact_id: int, *, lock: bool = False) -> AnyRow:
+    """The contact row, following merges to the survivor; NotFound otherwise."""
+    current = contact_id
+    for _ in range(_MAX_HOPS):
+        query = select(t.contacts).where(t.contacts.c.id == current)
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            break
+        if row.merged_into is None:
+            return row
+        current = row.merged_into
+    raise NotFound(f"no contact with id {contact_id}", path="contact_id")
+
+
+def profile_document(conn: Connection, row: AnyRow) -> Doc:
+    """The profile of a live contact row: its columns, identities, accounts and counts."""
+    i, m, a, e = t.identities.c, t.account_members.c, t.accounts.c, t.events.c
+    idents = conn.execute(
+        select(i.kind, i.value, i.created_at)
+        .where(i.contact_id == row.id)
+        .order_by(i.created_at, i.kind, i.value)
+    ).all()
+    accounts = conn.execute(
+        select(a.group_id, a.name, m.joined_at)
+        .join(t.accounts, a.id == m.account_id)
+        .where(m.contact_id == row.id)
+        .order_by(m.joined_at, a.group_id)
+    ).all()
+    count = conn.execute(select(func.count()).where(e.contact_id == row.id)).scalar_one()
+    merged = conn.execute(
+        select(t.contacts.c.id).where(t.contacts.c.merged_into == row.id).order_by(t.contacts.c.id)
+    ).scalars()
+    return {
+        **_summary(row),
+        "country": row.country,
+        "timezone": row.timezone,
+        "locale": row.locale,
+        "traits": row.traits or {},
+        "trait_issues": row.trait_issues or {},
+        "updated_at": row.updated_at,
+        "user_ids": [r.value for r in idents if r.kind == _USER],
+        "anonymous_ids": [r.value for r in idents if r.kind == _ANON],
+        "accounts": [row_dict(r) for r in accounts],
+        "event_count": int(count),
+        "merged_contact_ids": list(merged),
+    }
 
 
 class ContactService:
-    """Reads contacts and accounts, and carries out GDPR/CCPA requests."""
+    """Reads contacts and accounts."""
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self._salt: str | None = None
 
     # -- contacts ----------------------------------------------------------------
 
@@ -204,8 +232,8 @@ class ContactService:
     def get(self, contact_id: int) -> Doc:
         """A contact's profile; a merged-away id gives the contact it was merged into."""
         with self.db.read() as conn:
-            row = self._live(conn, contact_id)
-            return self._profile(conn, row)
+            row = live_contact(conn, contact_id)
+            return profile_document(conn, row)
 
     def lookup(
         self,
@@ -253,58 +281,9 @@ class ContactService:
                 ).scalar()
                 if found is None:
                     raise NotFound(f"no contact has the {kind} {value!r}", path=kind)
-            profile = self._profile(conn, self._live(conn, found))
+            profile = profile_document(conn, live_contact(conn, found))
         profile["also_matching"] = others
         return profile
-
-    def _live(self, conn: Connection, contact_id: int, *, lock: bool = False) -> AnyRow:
-        """The contact row, following merges to the survivor; NotFound otherwise."""
-        current = contact_id
-        for _ in range(_MAX_HOPS):
-            query = select(t.contacts).where(t.contacts.c.id == current)
-            if lock and conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            row = conn.execute(query).first()
-            if row is None:
-                break
-            if row.merged_into is None:
-                return row
-            current = row.merged_into
-        raise NotFound(f"no contact with id {contact_id}", path="contact_id")
-
-    def _profile(self, conn: Connection, row: AnyRow) -> Doc:
-        i, m, a, e = t.identities.c, t.account_members.c, t.accounts.c, t.events.c
-        idents = conn.execute(
-            select(i.kind, i.value, i.created_at)
-            .where(i.contact_id == row.id)
-            .order_by(i.created_at, i.kind, i.value)
-        ).all()
-        accounts = conn.execute(
-            select(a.group_id, a.name, m.joined_at)
-            .join(t.accounts, a.id == m.account_id)
-            .where(m.contact_id == row.id)
-            .order_by(m.joined_at, a.group_id)
-        ).all()
-        count = conn.execute(select(func.count()).where(e.contact_id == row.id)).scalar_one()
-        merged = conn.execute(
-            select(t.contacts.c.id)
-            .where(t.contacts.c.merged_into == row.id)
-            .order_by(t.contacts.c.id)
-        ).scalars()
-        return {
-            **_summary(row),
-            "country": row.country,
-            "timezone": row.timezone,
-            "locale": row.locale,
-            "traits": row.traits or {},
-            "trait_issues": row.trait_issues or {},
-            "updated_at": row.updated_at,
-            "user_ids": [r.value for r in idents if r.kind == _USER],
-            "anonymous_ids": [r.value for r in idents if r.kind == _ANON],
-            "accounts": [_row(r) for r in accounts],
-            "event_count": int(count),
-            "merged_contact_ids": list(merged),
-        }
 
     # -- timeline ----------------------------------------------------------------
 
@@ -325,7 +304,7 @@ class ContactService:
             raise ValidationError(f"must be one of {', '.join(MESSAGE_TYPES)}", path="type")
         e = t.events.c
         with self.db.read() as conn:
-            live = self._live(conn, contact_id).id
+            live = live_contact(conn, contact_id).id
             query = (
                 select(t.events)
                 .where(e.contact_id == live)
@@ -346,7 +325,7 @@ class ContactService:
             if event:
                 query = query.where(e.event == event)
             rows = conn.execute(query).all()
-        items = [_row(r) for r in rows[:limit]]
+        items = [row_dict(r) for r in rows[:limit]]
         last = items[-1] if len(rows) > limit else None
         return {
             "contact_id": live,
@@ -379,7 +358,7 @@ class ContactService:
             )
         with self.db.read() as conn:
             rows = conn.execute(query).all()
-        items = [_row(r) for r in rows[:limit]]
+        items = [row_dict(r) for r in rows[:limit]]
         return {"items": items, "next_after_id": items[-1]["id"] if len(rows) > limit else None}
 
     def account(self, group_id: str, *, members_after_id: int = 0, members_limit: int = 100) -> Doc:
@@ -403,196 +382,8 @@ class ContactService:
         items = [{**_summary(r), "joined_at": r.joined_at} for r in members[:members_limit]]
         more = len(members) > members_limit
         return {
-            **_row(row),
+            **row_dict(row),
             "member_count": int(count),
             "members": items,
             "next_members_after_id": items[-1]["id"] if more else None,
         }
-
-    # -- personal-data requests ----------------------------------------------------
-
-    def export(self, contact_id: int) -> Doc:
-        """Everything stored about one contact, as one JSON-ready document (GDPR art. 15/20)."""
-        with self.db.read() as conn:
-            if conn.dialect.name == "postgresql":  # one snapshot for every query below
-                conn.execution_options(isolation_level="REPEATABLE READ")
-            row = self._live(conn, contact_id)
-            ids, needles, _ = self._personal_keys(conn, row)
-            e, a, m = t.events.c, t.accounts.c, t.account_members.c
-            cm, c, r = t.contact_merges.c, t.contacts.c, t.rejected_events.c
-            events = conn.execute(
-                select(t.events).where(e.contact_id.in_(ids)).order_by(e.timestamp, e.id)
-            ).all()
-            accounts = conn.execute(
-                select(t.accounts, m.joined_at)
-                .join(t.account_members, m.account_id == a.id)
-                .where(m.contact_id.in_(ids))
-                .order_by(a.id)
-            ).all()
-            merges = conn.execute(
-                select(t.contact_merges)
-                .where(or_(cm.into_contact_id.in_(ids), cm.from_contact_id.in_(ids)))
-                .order_by(cm.id)
-            ).all()
-            tombstones = conn.execute(
-                select(c.id, c.created_at, c.first_seen_at, c.last_seen_at, c.updated_at)
-                .where(c.merged_into == row.id)
-                .order_by(c.id)
-            ).all()
-            rejected = (
-                conn.execute(
-                    select(t.rejected_events)
-                    .where(self._raw_mentions(conn, needles))
-                    .order_by(r.id)
-                ).all()
-                if needles
-                else []
-            )
-            profile = self._profile(conn, row)
-        return {
-            "format": EXPORT_FORMAT,
-            "exported_at": self.clock.now(),
-            "contact": profile,
-            "identities": [{"kind": "user_id", "value": v} for v in profile["user_ids"]]
-            + [{"kind": "anonymous_id", "value": v} for v in profile["anonymous_ids"]],
-            "traits": profile["traits"],
-            "events": [_row(x) for x in events],
-            "accounts": [_row(x) for x in accounts],
-            "merges": [_row(x) for x in merges],
-            "merged_contacts": [_row(x) for x in tombstones],
-            "rejected_input": [_row(x) for x in rejected],
-        }
-
-    def erase(self, contact_id: int) -> Doc:
-        """Delete a contact and everything about it, in one transaction (GDPR art. 17).
-
-        Its email and phone stay only as salted hashes in `suppressions`, and an
-        `erasures` row records that it happened (no personal data). Erasing an
-        unknown or already erased contact raises NotFound.
-        """
-        salt = self._get_salt()
-        now = self.clock.now()
-        with self.db.write() as conn:
-            row = self._live(conn, contact_id, lock=True)
-            ids, needles, addresses = self._personal_keys(conn, row)
-            e, i, m, cm = t.events.c, t.identities.c, t.account_members.c, t.contact_merges.c
-
-            def gone(statement: Any) -> int:
-                return int(conn.execute(statement).rowcount or 0)
-
-            counts = {
-                "events_deleted": gone(delete(t.events).where(e.contact_id.in_(ids))),
-                "identities_deleted": gone(delete(t.identities).where(i.contact_id.in_(ids))),
-                "memberships_deleted": gone(delete(t.account_members).where(m.contact_id.in_(ids))),
-                "merges_deleted": gone(
-                    delete(t.contact_merges).where(
-                        or_(cm.into_contact_id.in_(ids), cm.from_contact_id.in_(ids))
-                    )
-                ),
-                "rejected_deleted": gone(
-                    delete(t.rejected_events).where(self._raw_mentions(conn, needles))
-                )
-                if needles
-                else 0,
-                "contacts_deleted": gone(delete(t.contacts).where(t.contacts.c.id.in_(ids))),
-            }
-            rows = [
-                {
-                    "hash": suppression_hash(salt, value),
-                    "kind": kind,
-                    "reason": "erased",
-                    "created_at": now,
-                }
-                for kind, values in addresses.items()
-                for value in values
-            ]
-            if rows:
-                conn.execute(_insert_ignore(conn, t.suppressions), rows)
-            conn.execute(
-                insert(t.erasures).values(
-                    contact_id=row.id, events_deleted=counts["events_deleted"], erased_at=now
-                )
-            )
-        return {"contact_id": row.id, **counts, "suppressed": [r["kind"] for r in rows]}
-
-    def is_suppressed(
-        self, email: str | None = None, phone: str | None = None, *, region: str | None = None
-    ) -> bool:
-        """Whether messaging must not write to this email or phone (erased, bounced, ...).
-
-        Addresses are normalised as profiles normalise them, so `Alice@Example.COM`
-        and `alice@example.com` are the same; `region` reads national phone numbers.
-        """
-        salt = self._get_salt()
-        hashes = []
-        if email:
-            address, _ = normalize_email(email.strip())
-            if address:
-                hashes.append(suppression_hash(salt, address))
-        if phone:
-            number, _ = normalize_phone(phone.strip(), region)
-            if number:
-                hashes.append(suppression_hash(salt, number))
-        if not hashes:
-            return False
-        with self.db.read() as conn:
-            found = conn.execute(
-                select(t.suppressions.c.hash).where(t.suppressions.c.hash.in_(hashes)).limit(1)
-            ).first()
-        return found is not None
-
-    def _get_salt(self) -> str:
-        if self._salt is None:
-            salt = self.db.meta_value("salt")
-            if salt is None:
-                raise RuntimeError("the database has no salt; run migrations first")
-            self._salt = salt
-        return self._salt
-
-    @staticmethod
-    def _personal_keys(conn: Connection, row: AnyRow) -> tuple[list[int], list[str], Doc]:
-        """The ids of the contact and its tombstones; the strings (as they appear in JSON)
-        that identify the person in raw rejected input; and every normalised email and
-        phone it ever gave in an identify call, by kind."""
-        c, i, e = t.contacts.c, t.identities.c, t.events.c
-        ids = [row.id, *conn.execute(select(c.id).where(c.merged_into == row.id)).scalars()]
-        values = set(conn.execute(select(i.value).where(i.contact_id.in_(ids))).scalars())
-        addresses: dict[str, set[str]] = {"email": set(), "phone": set()}
-        given = conn.execute(
-            select(e.traits).where(e.contact_id.in_(ids), e.type == "identify")
-        ).scalars()
-        for traits in [row.traits or {}, *given]:
-            for key in ("email", "phone"):
-                value = traits.get(key) if isinstance(traits, dict) else None
-                if not isinstance(value, str | int) or isinstance(value, bool):
-                    continue
-                values.add(str(value))
-                if key == "email":
-                    normalized, _ = normalize_email(str(value))
-                else:
-                    normalized, _ = normalize_phone(str(value), row.country)
-                if normalized:
-                    addresses[key].add(normalized)
-        for key, column in (("email", row.email), ("phone", row.phone)):
-            if column:
-                addresses[key].add(column)
-        values.update(v for v in (row.user_id, row.email, row.phone) if v)
-        needles = {orjson.dumps(v).decode() for v in values if v.strip()}
-        # Numeric ids arrive unquoted in compact JSON (`"userId":123`); a bare `:123`
-        # would also match unrelated numbers, so the field name is part of the needle.
-        needles.update(
-            f'"{field}":{v}{end}'
-            for v in values
-            if v.isdigit()
-            for field in ("userId", "anonymousId", "previousId", "phone")
-            for end in ",}"
-        )
-        return ids, sorted(needles), {k: sorted(v) for k, v in addresses.items()}
-
-    @staticmethod
-    def _raw_mentions(conn: Connection, needles: list[str]) -> ColumnElement[bool]:
-        raw = t.rejected_events.c.raw
-        tests = [_contains(conn, raw, n) for n in needles]
-        # Emails are matched ignoring case, as they are delivered.
-        tests += [_contains(conn, func.lower(raw), n.lower()) for n in needles if "@" in n]
-        return and_(raw.is_not(None), or_(*tests))
