@@ -71,6 +71,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert err.value.path == "prot"
+    assert "unknown setting 'prot'" in err.value.message and "port" in err.value.message
 
 
 def test_broken_yaml_is_a_clear_error(tmp_path: Path) -> None:

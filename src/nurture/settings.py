@@ -137,7 +137,11 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {err['msg']}")
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(Settings.model_fields)
+                problems.append(f"unknown setting {field!r} in the config file; known: {known}")
+            else:
+                problems.append(f"{ENV_PREFIX}{field.upper()} ({field}): {err['msg']}")
         first = exc.errors()[0]
         path = ".".join(str(p) for p in first["loc"])
         raise ConfigError("invalid settings: " + "; ".join(problems), path=path) from None
