@@ -6,6 +6,7 @@ business logic of their own.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from nurture.clock import Clock, SystemClock
@@ -74,12 +75,14 @@ class Nurture:
         *,
         source: str,
         default_type: str | None = None,
+        received_at: datetime | None = None,
         **batch: Any,
     ) -> ParsedBatch:
-        """Validate messages as the HTTP API would (no I/O)."""
+        """Validate messages as the HTTP API would (no I/O). `received_at` defaults to
+        now; a replay passes the time the input first arrived."""
         return parse_batch(
             raws,
-            received_at=self.clock.now(),
+            received_at=received_at or self.clock.now(),
             source=source,
             max_message_bytes=self.settings.max_message_bytes,
             default_type=default_type,

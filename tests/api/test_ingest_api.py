@@ -482,3 +482,38 @@ def test_overlong_message_id_is_rejected_and_kept(
     assert r.json()["rejected"][0]["code"] == "invalid_type"
     (row,) = rejected(nurture)
     assert len(row["message_id"]) == 255
+
+
+def test_replay_keeps_the_batch_context_and_the_original_arrival(
+    client: TestClient, nurture: Nurture, write_key: str, clock: Any
+) -> None:
+    # Given a batch-level sentAt and context, and one message rejected (no event name)
+    body = {
+        "sentAt": "2026-03-01T11:00:10Z",
+        "context": {"library": {"name": "analytics-ruby"}},
+        "batch": [
+            {
+                "type": "track",
+                "userId": "u",
+                "messageId": "late",
+                "originalTimestamp": "2026-03-01T11:00:00Z",
+            }
+        ],
+    }
+    assert client.post("/v1/batch", json=body, auth=(write_key, "")).json()["rejected"]
+    # When the operator fixes it a day later and replays it
+    from datetime import timedelta
+
+    clock.advance(timedelta(days=1))
+    (row,) = nurture.rejected.page()
+    fixed = orjson.loads(row.raw or "null")
+    fixed["batch"][0]["event"] = "Signed Up"
+    with nurture.db.write() as conn:
+        conn.execute(t.rejected_events.update().values(raw=orjson.dumps(fixed).decode()))
+    assert nurture.rejected.replay().accepted == 1
+    # Then it is stored as if it had been valid on arrival: same clock skew correction
+    # (receivedAt − (sentAt − originalTimestamp)), same receivedAt, the batch's context
+    (event,) = stored(nurture)
+    assert event["timestamp"].isoformat() == "2026-03-01T11:59:50+00:00"
+    assert event["received_at"].isoformat() == "2026-03-01T12:00:00+00:00"
+    assert event["context"] == {"library": {"name": "analytics-ruby"}}

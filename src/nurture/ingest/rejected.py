@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import func, select, update
 
 from nurture.errors import NotFound
+from nurture.ingest.messages import MessageError, parse_time
 from nurture.ingest.service import ParsedBatch, db_text
 from nurture.store import Database
 from nurture.store import tables as t
@@ -148,10 +149,28 @@ class RejectedStore:
             return
         source = f"replay of #{row.id}"
         if isinstance(body, dict) and isinstance(body.get("batch"), list):
-            parsed = n.parse(body["batch"], source=source, path_prefix="batch")
+            try:
+                sent_at = parse_time(body.get("sentAt"), "sentAt")
+            except MessageError as exc:
+                self._mark(row.id, None, exc.code, exc.path, exc.message)
+                report.still_rejected += 1
+                return
+            context = body.get("context") if isinstance(body.get("context"), dict) else None
+            parsed = n.parse(
+                body["batch"],
+                source=source,
+                path_prefix="batch",
+                received_at=row.received_at,
+                batch_sent_at=sent_at,
+                batch_context=context,
+            )
         else:
             parsed = n.parse(
-                [body], source=source, default_type=_default_type(row.source), path_prefix=""
+                [body],
+                source=source,
+                default_type=_default_type(row.source),
+                path_prefix="",
+                received_at=row.received_at,
             )
         if parsed.rejections:
             first = parsed.rejections[0]

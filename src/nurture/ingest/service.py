@@ -136,8 +136,17 @@ def parse_batch(
 ) -> ParsedBatch:
     """Validate each message on its own; never raises for a bad message."""
     out = ParsedBatch()
+    envelope: dict[str, Any] = {}
+    if batch_sent_at is not None:
+        envelope["sentAt"] = batch_sent_at.isoformat()
+    if batch_context:
+        envelope["context"] = batch_context
     for index, raw in enumerate(raws):
         text, size = _raw_text(raw)
+        if envelope:
+            # Keep what the batch said for all its messages, so that a replay of this one
+            # message computes the same timestamp and context.
+            text = _raw_text({"batch": [raw], **envelope})[0]
         message_id = raw.get("messageId") if isinstance(raw, dict) else None
         message_id = str(message_id)[:255] if message_id is not None else None
         prefix = f"{path_prefix}[{index}]" if path_prefix else ""
