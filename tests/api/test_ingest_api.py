@@ -512,8 +512,25 @@ def test_replay_keeps_the_batch_context_and_the_original_arrival(
         conn.execute(t.rejected_events.update().values(raw=orjson.dumps(fixed).decode()))
     assert nurture.rejected.replay().accepted == 1
     # Then it is stored as if it had been valid on arrival: same clock skew correction
-    # (receivedAt − (sentAt − originalTimestamp)), same receivedAt, the batch's context
+    # (receivedAt - (sentAt - originalTimestamp)), same receivedAt, the batch's context
     (event,) = stored(nurture)
     assert event["timestamp"].isoformat() == "2026-03-01T11:59:50+00:00"
     assert event["received_at"].isoformat() == "2026-03-01T12:00:00+00:00"
     assert event["context"] == {"library": {"name": "analytics-ruby"}}
+
+
+def test_a_resent_message_changes_nothing_even_with_other_content(nurture: Nurture) -> None:
+    # Given an identify that was stored
+    first = {"type": "identify", "userId": "u", "messageId": "i-1", "traits": {"plan": "free"}}
+    assert nurture.ingest([first]).accepted == 1
+    # When a message with the same messageId arrives again, with different traits, next to
+    # a new message in the same batch
+    again = {**first, "traits": {"plan": "enterprise"}}
+    other = {"type": "track", "userId": "u", "event": "E", "messageId": "t-1"}
+    result = nurture.ingest([again, other])
+    # Then only the new message is stored and the traits are the first message's
+    assert (result.accepted, result.duplicates) == (1, 1)
+    with nurture.db.read() as conn:
+        traits = conn.execute(select(t.contacts.c.traits)).scalar_one()
+        count = conn.execute(select(func.count()).select_from(t.events)).scalar_one()
+    assert traits == {"plan": "free"} and count == 2

@@ -24,6 +24,10 @@ from nurture.store.bulk import insert_rows, one_of
 _CHUNK = 500
 
 
+class DuplicateFound(ConcurrentWrite):
+    """A message of the transaction was already stored; run again with the check."""
+
+
 @dataclass(slots=True)
 class Rejection:
     """One message that was not stored, and why; kept raw in `rejected_events`."""
@@ -210,13 +214,20 @@ class IngestStore:
     def __init__(self, default_region: str | None = None) -> None:
         self.default_region = default_region
 
-    def store(self, conn: Connection, messages: list[Message], now: datetime) -> set[str]:
+    def store(
+        self, conn: Connection, messages: list[Message], now: datetime, *, check: bool = True
+    ) -> set[str]:
         """Store `messages` (already valid); returns the message ids stored now.
-        A message whose id is stored already, or repeats earlier in the list, is skipped."""
+        A message whose id is stored already, or repeats earlier in the list, is skipped.
+
+        With `check=False` the stored ids are not looked up first: if one turns out to be
+        stored already (the insert takes fewer rows than it was given), DuplicateFound is
+        raised and the caller rolls back and runs again with `check=True`. Retries are the
+        exception, so this saves a lookup per message in the common case."""
         unique: dict[str, Message] = {}
         for m in messages:
             unique.setdefault(m.message_id, m)
-        ids = list(unique)
+        ids = list(unique) if check else []
         for i in range(0, len(ids), _CHUNK):
             seen = conn.execute(
                 select(t.events.c.message_id).where(
@@ -261,9 +272,9 @@ class IngestStore:
         ]
         inserted = insert_rows(conn, t.events, rows, ignore_conflicts=True, encoded=_ENCODED)
         if inserted != len(rows):
-            # Another transaction stored one of these messageIds since our check; start
-            # over so that its identity and trait effects are not applied twice.
-            raise ConcurrentWrite("a message of this batch was stored concurrently")
+            # A messageId is stored already: unchecked, or stored by another transaction
+            # since our check. Start over so that its effects are not applied twice.
+            raise DuplicateFound("a message of this batch is stored already")
         if groups:
             self._store_groups(conn, groups, resolver, now)
         return set(unique)

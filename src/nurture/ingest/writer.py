@@ -24,11 +24,18 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from nurture.clock import Clock
 from nurture.ingest.identity import ConcurrentWrite
-from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, store_rejections
+from nurture.ingest.service import (
+    BatchResult,
+    DuplicateFound,
+    IngestStore,
+    ParsedBatch,
+    store_rejections,
+)
 from nurture.store import Database
 
 log = logging.getLogger(__name__)
 _RETRIES = 8
+_CHECKED_AFTER_DUPLICATE = 50
 INGEST_LOCK = 7263552  # pg_advisory_xact_lock key held by every ingest transaction
 
 
@@ -57,6 +64,7 @@ class IngestWriter:
         self.threads = threads or 1
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
+        self._checked_groups = 0
 
     def start(self) -> IngestWriter:
         for n in range(self.threads):
@@ -116,7 +124,13 @@ class IngestWriter:
     def _commit(self, group: list[_Item]) -> None:
         for attempt in range(_RETRIES):
             try:
-                results = self._store(group)
+                results = self._store(group, check=self._checked_groups > 0)
+                self._checked_groups = max(0, self._checked_groups - 1)
+            except DuplicateFound:
+                # Duplicates come in bursts (an SDK retrying, a file imported again):
+                # look stored ids up first for the next groups.
+                self._checked_groups = _CHECKED_AFTER_DUPLICATE
+                continue
             except (DBAPIError, ConcurrentWrite) as exc:
                 if _retryable(exc) and attempt + 1 < _RETRIES:
                     log.info("ingest transaction lost a race, retrying: %s", exc)
@@ -139,7 +153,7 @@ class IngestWriter:
         log.exception("ingest batch failed", exc_info=exc)
         group[0].future.set_exception(exc)
 
-    def _store(self, group: list[_Item]) -> list[BatchResult]:
+    def _store(self, group: list[_Item], *, check: bool) -> list[BatchResult]:
         with self.db.write() as conn:
             if not self.db.is_sqlite:
                 # One ingest transaction at a time across all processes, as on SQLite:
@@ -148,7 +162,7 @@ class IngestWriter:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": INGEST_LOCK})
             now = self.clock.now()
             messages = [m for item in group for m in item.batch.messages]
-            stored = self.store.store(conn, messages, now)
+            stored = self.store.store(conn, messages, now, check=check)
             for item in group:
                 store_rejections(conn, item.batch.rejections, now)
         results = []
