@@ -143,6 +143,8 @@ class IngestWriter:
             for item, result in zip(group, results, strict=True):
                 item.future.set_result(result)
             return
+        # Every attempt found a duplicate stored meanwhile: give up rather than hang.
+        self._fail(group, DuplicateFound(f"still racing after {_RETRIES} attempts"))
 
     def _fail(self, group: list[_Item], exc: Exception) -> None:
         if len(group) > 1:
