@@ -107,8 +107,8 @@ def _body_key_is_valid(nurture: Nurture, body: Any) -> bool:
     return isinstance(secret, str) and nurture.keys.kind_of(secret) in ("write", "admin")
 
 
-async def _read_json(request: Request, source: str) -> tuple[Any, JSONResponse | None]:
-    """The decoded JSON body, or an error response (the bad body already kept).
+async def _read_json(request: Request) -> Any:
+    """The decoded JSON body.
 
     With an Authorization header the key is checked before the body is read. Without
     one, the body must carry a valid `writeKey`; an unauthenticated body is never kept.
@@ -132,14 +132,14 @@ async def _read_json(request: Request, source: str) -> tuple[Any, JSONResponse |
         raise _BadJSON(raw, f"the body is not valid JSON: {exc}") from None
     if not header_auth and not _body_key_is_valid(nurture, body):
         raise Unauthorized(_NO_KEY)
-    return body, None
+    return body
 
 
 async def _read_checked(request: Request, source: str) -> tuple[Any, JSONResponse | None]:
-    """`_read_json`, with bad bodies turned into kept rejections and error responses."""
+    """The decoded JSON body, or an error response (the bad body already kept)."""
     nurture = _nurture(request)
     try:
-        return await _read_json(request, source)
+        return await _read_json(request), None
     except BodyTooLarge as exc:
         await _submit(
             nurture,
