@@ -36,7 +36,6 @@ from nurture.store import Database
 log = logging.getLogger(__name__)
 _RETRIES = 8
 _CHECKED_AFTER_DUPLICATE = 50
-INGEST_LOCK = 7263552  # pg_advisory_xact_lock key held by every ingest transaction
 
 
 @dataclass
@@ -157,11 +156,10 @@ class IngestWriter:
 
     def _store(self, group: list[_Item], *, check: bool) -> list[BatchResult]:
         with self.db.write() as conn:
-            if not self.db.is_sqlite:
-                # One ingest transaction at a time across all processes, as on SQLite:
-                # concurrent ones would wait on each other's contact and identity rows
-                # anyway, and deadlock when two create the same identities.
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": INGEST_LOCK})
+            # One ingest transaction at a time across all processes, as on SQLite:
+            # concurrent ones would wait on each other's contact and identity rows anyway,
+            # and deadlock when two create the same identities.
+            self.db.lock_identities(conn)
             now = self.clock.now()
             messages = [m for item in group for m in item.batch.messages]
             stored = self.store.store(conn, messages, now, check=check)

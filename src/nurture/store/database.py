@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from nurture.store import tables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+IDENTITY_LOCK = 7263552  # pg_advisory_xact_lock key: ingest and erase take turns
 
 
 def _json_dumps(value: Any) -> str:
@@ -125,6 +126,13 @@ class Database:
         else:
             with self.engine.begin() as conn:
                 yield conn
+
+    def lock_identities(self, conn: Connection) -> None:
+        """Take, for the rest of this write transaction, the lock that ingest holds while
+        it resolves identities, so that identity writers (ingest, erase) run one after
+        another on PostgreSQL. On SQLite `write()` already serialises every writer."""
+        if not self.is_sqlite:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": IDENTITY_LOCK})
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (safe to run from many processes)."""
