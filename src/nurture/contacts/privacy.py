@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from nurture.clock import Clock
@@ -23,6 +22,7 @@ from nurture.contacts.profile import normalize_email, normalize_phone
 from nurture.contacts.service import AnyRow, Doc, live_contact, profile_document, row_dict
 from nurture.store import Database
 from nurture.store import tables as t
+from nurture.store.bulk import insert_rows
 
 EXPORT_FORMAT = "nurture.contact-export/1"
 
@@ -38,11 +38,6 @@ def _contains(conn: Connection, column: Any, needle: str) -> ColumnElement[bool]
     if conn.dialect.name == "postgresql":
         return func.strpos(column, needle) > 0
     return func.instr(column, needle) > 0
-
-
-def _insert_ignore(conn: Connection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
 
 
 class PrivacyService:
@@ -149,8 +144,7 @@ class PrivacyService:
                 for kind, values in addresses.items()
                 for value in values
             ]
-            if rows:
-                conn.execute(_insert_ignore(conn, t.suppressions), rows)
+            insert_rows(conn, t.suppressions, rows, ignore_conflicts=True)
             conn.execute(
                 insert(t.erasures).values(
                     contact_id=row.id, events_deleted=counts["events_deleted"], erased_at=now

@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from nurture.contacts.profile import build_profile
 from nurture.ingest.identity import ConcurrentWrite, Resolver
@@ -203,11 +202,6 @@ def parse_batch(
     return out
 
 
-def _on_conflict_do_nothing(conn: Connection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
-
-
 class IngestStore:
     """Writes parsed messages inside a transaction the caller owns."""
 
@@ -329,12 +323,14 @@ class IngestStore:
             assert m.group_id is not None
             pair = (known[m.group_id][0], resolver.real_id(key))
             members[pair] = min(m.timestamp, members.get(pair, m.timestamp))
-        conn.execute(
-            _on_conflict_do_nothing(conn, t.account_members),
+        insert_rows(
+            conn,
+            t.account_members,
             [
                 {"account_id": acc, "contact_id": contact, "joined_at": at}
                 for (acc, contact), at in members.items()
             ],
+            ignore_conflicts=True,
         )
 
 
