@@ -45,7 +45,8 @@ class _Item:
 
 
 class IngestWriter:
-    """Owns the writer thread(s). Use as a context manager or call start()/stop()."""
+    """Owns the writer thread (one per process: ingest transactions run one at a time on
+    both backends). Use as a context manager or call start()/stop()."""
 
     def __init__(
         self,
@@ -53,32 +54,28 @@ class IngestWriter:
         clock: Clock,
         store: IngestStore | None = None,
         *,
-        threads: int | None = None,
         max_messages: int = 5000,
     ) -> None:
         self.db = db
         self.clock = clock
         self.store = store or IngestStore()
         self.max_messages = max_messages
-        self.threads = threads or 1
         self._queue: queue.Queue[_Item | None] = queue.Queue()
-        self._workers: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._checked_groups = 0
 
     def start(self) -> IngestWriter:
-        for n in range(self.threads):
-            thread = threading.Thread(target=self._run, name=f"nurture-ingest-{n}", daemon=True)
-            thread.start()
-            self._workers.append(thread)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="nurture-ingest", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Finish what is queued, then stop the threads."""
-        for _ in self._workers:
+        """Finish what is queued, then stop the thread."""
+        if self._thread is not None:
             self._queue.put(None)
-        for thread in self._workers:
-            thread.join()
-        self._workers.clear()
+            self._thread.join()
+            self._thread = None
 
     def __enter__(self) -> IngestWriter:
         return self.start()
@@ -88,7 +85,7 @@ class IngestWriter:
 
     def submit(self, batch: ParsedBatch) -> Future[BatchResult]:
         """Queue a parsed batch; the future resolves after its commit."""
-        if not self._workers:
+        if self._thread is None:
             raise RuntimeError("the ingest writer is not running")
         future: Future[BatchResult] = Future()
         self._queue.put(_Item(batch, future))
