@@ -111,7 +111,7 @@ class PrivacyService:
         now = self.clock.now()
         with self.db.write() as conn:
             self.db.lock_identities(conn)  # no ingest resolves this person meanwhile
-            row = live_contact(conn, contact_id, lock=True)
+            row = live_contact(conn, contact_id)
             ids, needles, addresses = self._personal_keys(conn, row)
             e, i, m, cm = t.events.c, t.identities.c, t.account_members.c, t.contact_merges.c
 

@@ -121,14 +121,11 @@ def _lower_function(conn: Connection, q: str) -> Any:
     return func.nurture_lower
 
 
-def live_contact(conn: Connection, contact_id: int, *, lock: bool = False) -> AnyRow:
+def live_contact(conn: Connection, contact_id: int) -> AnyRow:
     """The contact row, following merges to the survivor; NotFound otherwise."""
     current = contact_id
     for _ in range(_MAX_HOPS):
-        query = select(t.contacts).where(t.contacts.c.id == current)
-        if lock and conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        row = conn.execute(select(t.contacts).where(t.contacts.c.id == current)).first()
         if row is None:
             break
         if row.merged_into is None:

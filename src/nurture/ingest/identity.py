@@ -89,8 +89,8 @@ class Resolver:
     # -- loading ---------------------------------------------------------------
 
     def prefetch(self, messages: list[Message]) -> None:
-        """Load every identity and contact the batch mentions, locking the contacts
-        on PostgreSQL so that concurrent batches update them one after another."""
+        """Load every identity and contact the batch mentions. No row locks: every
+        writer of identities and contacts holds `Database.lock_identities` already."""
         wanted: dict[str, set[str]] = {USER: set(), ANON: set()}
         for m in messages:
             if m.user_id:
@@ -152,13 +152,9 @@ class Resolver:
     def _load_contacts(self, ids: list[int]) -> None:
         c = t.contacts.c
         for n in range(0, len(ids), _CHUNK):
-            query = (
-                select(c.id, c.user_id, c.first_seen_at, c.last_seen_at, c.merged_into)
-                .where(one_of(self.conn, c.id, ids[n : n + _CHUNK]))
-                .order_by(c.id)
+            query = select(c.id, c.user_id, c.first_seen_at, c.last_seen_at, c.merged_into).where(
+                one_of(self.conn, c.id, ids[n : n + _CHUNK])
             )
-            if self.conn.dialect.name == "postgresql":
-                query = query.with_for_update()
             for row in self.conn.execute(query):
                 if row.merged_into is not None:
                     # Identities always point at live contacts; this one was merged by

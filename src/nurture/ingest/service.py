@@ -282,9 +282,7 @@ class IngestStore:
     ) -> None:
         a = t.accounts.c
         wanted = sorted({m.group_id for m, _ in groups if m.group_id})
-        query = select(a.id, a.group_id, a.traits).where(a.group_id.in_(wanted)).order_by(a.id)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
+        query = select(a.id, a.group_id, a.traits).where(a.group_id.in_(wanted))
         known = {row.group_id: (row.id, dict(row.traits or {})) for row in conn.execute(query)}
         changed: dict[str, dict[str, Any]] = {}
         for m, _ in groups:
