@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
 from nurture.store import tables
+from nurture.store.functions import register_sqlite_functions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 IDENTITY_LOCK = 7263552  # pg_advisory_xact_lock key: ingest and erase take turns
@@ -100,6 +101,7 @@ class Database:
             # the backstop when nothing runs them (about 40 MB of WAL).
             cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.close()
+            register_sqlite_functions(dbapi_conn)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -167,4 +168,128 @@ erasures = Table(
     Column("contact_id", BigId, nullable=False),
     Column("events_deleted", Integer, nullable=False),
     Column("erased_at", UTCDateTime, nullable=False),
+)
+
+# Definitions kept as data: segments, computed traits, stage models and score models,
+# whether they came from project files or through the admin API.
+definitions = Table(
+    "definitions",
+    metadata,
+    Column("kind", String(32), nullable=False),  # segment | computed | stage_model | score_model
+    Column("key", String(200), nullable=False),
+    Column("name", String(500), nullable=False, server_default=""),
+    Column("body", Json, nullable=False),
+    Column("source", String(16), nullable=False),  # file | api | preset
+    Column("status", String(16), nullable=False, server_default="active"),  # active | failed
+    Column("error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("evaluated_at", UTCDateTime),
+    PrimaryKeyConstraint("kind", "key"),
+)
+
+segment_memberships = Table(
+    "segment_memberships",
+    metadata,
+    Column("segment_key", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("entered_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("segment_key", "contact_id"),
+    Index(None, "contact_id"),
+)
+
+segment_changes = Table(
+    "segment_changes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("segment_key", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("change", String(8), nullable=False),  # entered | exited
+    Column("changed_at", UTCDateTime, nullable=False),
+    Index(None, "segment_key", "changed_at"),
+    Index(None, "contact_id"),
+)
+
+contact_stages = Table(
+    "contact_stages",
+    metadata,
+    Column("model", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("stage", String(200), nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("model", "contact_id"),
+    Index(None, "contact_id"),
+)
+
+stage_changes = Table(
+    "stage_changes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("from_stage", String(200)),
+    Column("to_stage", String(200), nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Index(None, "model", "changed_at"),
+    Index(None, "contact_id"),
+)
+
+contact_scores = Table(
+    "contact_scores",
+    metadata,
+    Column("model", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("temperature", String(64), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("model", "contact_id"),
+    Index(None, "contact_id"),
+)
+
+score_changes = Table(
+    "score_changes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("from_temperature", String(64)),
+    Column("to_temperature", String(64), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Index(None, "model", "changed_at"),
+    Index(None, "contact_id"),
+)
+
+# Consent per channel and topic, with its proof. A missing row means "unknown".
+consents = Table(
+    "consents",
+    metadata,
+    Column("contact_id", BigId, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("topic", String(100), nullable=False),
+    Column("state", String(16), nullable=False),  # granted | denied | pending
+    Column("source", String(200)),
+    Column("ip", String(64)),
+    Column("wording", Text),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("contact_id", "channel", "topic"),
+)
+
+# Contacts whose memberships, stages and scores need evaluating: written in the ingest
+# transaction that stored their events, deleted in the transaction that evaluated them.
+pending_evaluations = Table(
+    "pending_evaluations",
+    metadata,
+    Column("contact_id", BigId, primary_key=True, autoincrement=False),
+    Column("queued_at", UTCDateTime, nullable=False),
+    Index(None, "queued_at"),
+)
+
+# Population-wide values the evaluators share (RFM quintile bounds), by key.
+evaluation_state = Table(
+    "evaluation_state",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", Json, nullable=False),
+    Column("computed_at", UTCDateTime, nullable=False),
 )

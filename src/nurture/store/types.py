@@ -57,3 +57,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def to_microseconds(value: datetime) -> int:
+    """An aware datetime as integer microseconds since 1970 UTC (SQLite's stored form)."""
+    return (value - _EPOCH) // _MICROSECOND
