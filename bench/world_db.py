@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Index, Table, create_engine, inspect, text
+from sqlalchemy import Table, UniqueConstraint, create_engine, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.schema import CreateIndex
+from sqlalchemy.schema import AddConstraint, CreateIndex, DropConstraint
 
 from bench.generate import World, block_messages
 from bench.harness import POSTGRES_URL, log
@@ -124,7 +124,8 @@ def _copy_value(value: Any) -> str:
     if value is None:
         return "\\N"
     if isinstance(value, str):
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        value = value.replace("\\", "\\\\").replace("\t", "\\t")
+        return value.replace("\n", "\\n").replace("\r", "\\r")
     return str(value)
 
 
@@ -136,6 +137,7 @@ def copy_text(rows: Rows) -> bytes:
 @dataclass(slots=True)
 class _Contact:
     id: int
+    user_id: str
     first: Any  # stored form: microseconds (SQLite) or ISO text (PostgreSQL)
     last: Any
     traits: dict[str, Any] = field(default_factory=dict)
@@ -178,7 +180,7 @@ def rows_of(messages: list[dict[str, Any]], backend: str) -> BlockRows:
         key = user or owner[anonymous]  # every anonymous visitor of the world signs up
         person = people.get(key)
         if person is None:
-            person = people[key] = _Contact(int(key.removeprefix("usr_")) + 1, at, at)
+            person = people[key] = _Contact(int(key.removeprefix("usr_")) + 1, key, at, at)
         person.last = at
         for kind, value in (("user_id", user), ("anonymous_id", anonymous)):
             if value is not None and value not in known:
@@ -207,7 +209,7 @@ def rows_of(messages: list[dict[str, Any]], backend: str) -> BlockRows:
             profile = Profile()
         where = (profile.country, profile.timezone, profile.locale)
         seen = (person.first, person.last, person.first, person.last)
-        row = (person.id, f"usr_{person.id - 1:08d}", profile.email, profile.phone, *where)
+        row = (person.id, person.user_id, profile.email, profile.phone, *where)
         contacts.append((*row, _json(person.traits), _json(profile.issues), *seen))
     if backend == "postgresql":
         return BlockRows(
@@ -219,16 +221,31 @@ def rows_of(messages: list[dict[str, Any]], backend: str) -> BlockRows:
 # -- the writers ----------------------------------------------------------------------------
 
 
-_BIG = (t.events, t.contacts, t.identities)
-
-
-def _secondary_indexes(db: Database) -> list[Index]:
-    """The non-unique indexes of the big tables that the database has: cheaper built
-    once, from sorted data, after the load than kept up row by row during it."""
+def _deferred(db: Database) -> list[tuple[str, str]]:
+    """(drop, create) statements for what is cheaper built once, from sorted data, after
+    the load than kept up row by row during it: the secondary indexes of the big tables,
+    and on PostgreSQL the unique message_id constraint (SQLite cannot drop one)."""
+    big = (t.events, t.contacts, t.identities)
+    dialect = db.engine.dialect
     with db.read() as conn:
-        have = {ix["name"] for table in _BIG for ix in inspect(conn).get_indexes(table.name)}
-    indexes = [ix for table in _BIG for ix in table.indexes if not ix.unique]
-    return sorted((ix for ix in indexes if ix.name in have), key=lambda ix: str(ix.name))
+        have = {ix["name"] for table in big for ix in inspect(conn).get_indexes(table.name)}
+        have |= {c["name"] for c in inspect(conn).get_unique_constraints("events")}
+    ddl = [
+        (f"DROP INDEX {ix.name}", str(CreateIndex(ix).compile(dialect=dialect)))
+        for table in big
+        for ix in table.indexes
+        if not ix.unique and ix.name in have
+    ]
+    if not db.is_sqlite:
+        ddl += [
+            (
+                str(DropConstraint(c).compile(dialect=dialect)),
+                str(AddConstraint(c).compile(dialect=dialect)),
+            )
+            for c in t.events.constraints
+            if isinstance(c, UniqueConstraint) and c.name in have
+        ]
+    return ddl
 
 
 class _Writer:
@@ -266,9 +283,6 @@ class _Writer:
 
     def execute(self, sql: str) -> None:
         self.conn.execute(sql)
-
-    def create_index(self, index: Index) -> None:
-        self.execute(str(CreateIndex(index).compile(dialect=self.db.engine.dialect)))
 
     def commit(self) -> None:
         if self.db.is_sqlite:
@@ -351,10 +365,10 @@ def load_world(
     with db.read() as conn:
         if conn.execute(text("SELECT count(*) FROM contacts")).scalar_one():
             raise RuntimeError(f"{url} already holds contacts; load_world needs an empty one")
-    deferred = _secondary_indexes(db) if defer_indexes else []
+    deferred = _deferred(db) if defer_indexes else []
     writer = _Writer(db)
-    for index in deferred:
-        writer.execute(f"DROP INDEX {index.name}")
+    for drop, _ in deferred:
+        writer.execute(drop)
     workers = workers or os.cpu_count() or 2
     counts = {"contacts": 0, "events": 0, "identities": 0}
     groups: list[tuple[str, dict[str, Any], int, Any]] = []
@@ -380,8 +394,8 @@ def load_world(
     writer.commit()
     if progress and deferred:
         log(f"world: creating indexes ({time.perf_counter() - started:.0f}s so far)")
-    for index in deferred:
-        writer.create_index(index)
+    for _, create in deferred:
+        writer.execute(create)
     writer.close()
     with db.write() as conn:
         for table in ("contacts", "identities"):

@@ -16,6 +16,10 @@ from nurture.ingest.rejected import RejectedStore
 from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, parse_batch
 from nurture.ingest.writer import IngestWriter
 from nurture.keys import KeyStore
+from nurture.project import Project
+from nurture.segments.engine import Engine
+from nurture.segments.runner import EvaluationRunner
+from nurture.segments.service import SegmentService
 from nurture.settings import Settings, load_settings
 from nurture.store import Database
 
@@ -29,6 +33,7 @@ class Nurture:
         *,
         clock: Clock | None = None,
         db: Database | None = None,
+        background: bool = False,
     ) -> None:
         self.settings = settings or load_settings()
         self.clock = clock or SystemClock()
@@ -45,6 +50,19 @@ class Nurture:
         self.contacts = ContactService(self.db, self.clock)
         self.privacy = PrivacyService(self.db, self.clock)
         self.rejected = RejectedStore(self.db, self)
+        self.engine = Engine(self.db, self.clock)
+        self.segments = SegmentService(self.db, self.clock, self.engine)
+        self.project = Project(self.settings.project_dir, self.db, self.clock)
+        # The evaluator thread runs only where asked (the server); tests and commands
+        # call the engine themselves.
+        self.runner: EvaluationRunner | None = None
+        if background and self.settings.evaluate_in_process:
+            self.runner = EvaluationRunner(
+                self.engine,
+                refresh_seconds=self.settings.evaluation_refresh_seconds,
+                batch=self.settings.evaluation_batch,
+            )
+            self.writer.on_commit.append(self.runner.notify)
         self._started = False
 
     def start(self) -> Nurture:
@@ -53,11 +71,15 @@ class Nurture:
             self.db.migrate()
             self.db.start_checkpointer()
             self.writer.start()
+            if self.runner is not None:
+                self.runner.start()
             self._started = True
         return self
 
     def stop(self) -> None:
         if self._started:
+            if self.runner is not None:
+                self.runner.stop()
             self.writer.stop()
             self.db.stop_checkpointer()
             self._started = False

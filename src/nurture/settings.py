@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     default_phone_region: str | None = Field(
         None, description="ISO country used to read phone numbers without a country code"
     )
+    project_dir: Path = Field(
+        Path("."),
+        description="Project folder holding segments/, traits/, lifecycle/ and scoring/ YAML files",
+    )
+    evaluate_in_process: bool = Field(
+        True, description="`nurture serve` keeps segments, stages and scores current itself"
+    )
+    evaluation_refresh_seconds: int = Field(
+        600,
+        ge=0,
+        description="How often every segment, stage and score is re-evaluated for conditions "
+        "that change with time alone (0: never)",
+    )
+    evaluation_batch: int = Field(
+        500, ge=1, description="Most contacts evaluated in one transaction after their events"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     secret_key: SecretStr | None = Field(
         None, description="Secret for signed links (tracking, preferences); set in production"
@@ -121,6 +137,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                value = str(value)
             elif name == "database_url":
                 url = make_url(value)
                 value = url.render_as_string(hide_password=True)

@@ -9,11 +9,9 @@ on a window's edge (and one microsecond either side), events after `now`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert
@@ -255,15 +253,6 @@ conditions = st.one_of(
 
 
 # -- the test -----------------------------------------------------------------------------
-@pytest.fixture
-def db(database_url: tuple[str, str | None]) -> Iterator[Database]:
-    url, schema = database_url
-    database = Database(url, search_path=schema)
-    database.migrate()
-    yield database
-    database.dispose()
-
-
 def store(db: Database, world: list[dict[str, Any]]) -> None:
     rows: dict[Any, list[dict[str, Any]]] = {
         t.contacts: [],

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from nurture import __version__
-from nurture.api import admin, contacts, errors, ingest
+from nurture.api import admin, contacts, errors, ingest, segments
 from nurture.core import Nurture
 
 
@@ -39,12 +39,13 @@ def create_app(nurture: Nurture, *, manage_lifecycle: bool = True) -> FastAPI:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
-        allow_methods=["GET", "POST", "DELETE"],
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
         max_age=86400,
     )
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(contacts.router)
+    app.include_router(segments.router)
     app.include_router(admin.router)
     return app

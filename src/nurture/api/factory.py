@@ -10,4 +10,4 @@ from nurture.core import Nurture
 
 def build() -> FastAPI:
     """A fresh Nurture from the settings, owned by this server process."""
-    return create_app(Nurture())
+    return create_app(Nurture(background=True))

@@ -1,4 +1,5 @@
-"""`nurture`: serve, migrate, config, keys, rejected, import."""
+"""`nurture`: serve, worker, migrate, config, keys, rejected, import, segments, validate,
+apply."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from nurture.cli import importer
+from nurture.cli import importer, segments
 from nurture.cli.common import console, fail, running, settings
 from nurture.errors import NurtureError
 
@@ -23,7 +24,11 @@ rejected_app = typer.Typer(help="Inspect and replay rejected input.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rejected_app, name="rejected")
+app.add_typer(segments.segments_app, name="segments")
 app.command("import")(importer.import_command)
+app.command("validate")(segments.validate_command)
+app.command("apply")(segments.apply_command)
+app.command("worker")(segments.worker_command)
 
 
 @app.command()

@@ -60,7 +60,7 @@ class SqlCompiler:
         self.now_us = env.now_us
         self.now = self.b.at(self.now_us)
 
-    def members(self, condition: Condition) -> Select[tuple[int]]:
+    def members(self, condition: Condition) -> Select[Any]:
         """`SELECT id FROM contacts` of the live contacts for which `condition` holds."""
         return select(contacts.c.id).where(
             contacts.c.merged_into.is_(None), self.compile(condition)

@@ -203,9 +203,11 @@ def aggregate(values: list[Any], events: int, function: str) -> float | int | No
     if function == "avg":
         return math.fsum(numbers_only) / len(numbers_only)
     if function == "min":
-        return float(min(numbers_only))
+        low: float | int = min(numbers_only)
+        return low
     if function == "max":
-        return float(max(numbers_only))
+        high: float | int = max(numbers_only)
+        return high
     raise AssertionError(f"unhandled aggregate {function}")
 
 

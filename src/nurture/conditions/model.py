@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -61,6 +62,20 @@ OPERATORS = (
 )
 NUMERIC_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "between")
 DATE_OPERATORS = ("within_last", "within_next", "before", "after", "exists")
+
+
+def check_path(value: str) -> str:
+    """A dotted path of object keys (`company.size`); numbers would index lists, which
+    the language tests with `contains` instead."""
+    parts = value.split(".")
+    if any(not part or '"' in part for part in parts):
+        raise ValueError("expected names separated by dots (company.size), without quotes")
+    if any(part.isdigit() for part in parts):
+        raise ValueError("a path cannot index a list (items.0); test lists with `contains`")
+    return value
+
+
+Path = Annotated[str, Field(min_length=1), AfterValidator(check_path)]
 
 
 class _Model(BaseModel):
@@ -144,7 +159,7 @@ class NumericComparison(Comparison):
 class PropertyFilter(Comparison):
     """A test of one event property: `{property: plan, eq: pro}`."""
 
-    property: str = Field(min_length=1)
+    property: Path
 
 
 class _EventMatch(_Model):
@@ -158,7 +173,7 @@ class _EventMatch(_Model):
 class TraitCondition(Comparison):
     """A contact trait: `{trait: company.size, gt: 50}`."""
 
-    trait: str = Field(min_length=1)
+    trait: Path
 
 
 class EventCondition(_EventMatch):
@@ -186,7 +201,7 @@ class AggregateCondition(NumericComparison, _EventMatch):
     """An aggregate of an event property over a window: `sum of total over 90d > 500`."""
 
     aggregate: Literal["count", "sum", "avg", "min", "max", "count_distinct"]
-    of: str | None = Field(None, min_length=1)
+    of: Path | None = None
     within_last: Duration | None = None
     _NOT_OPERATORS: ClassVar[tuple[str, ...]] = ("within_last",)
 
@@ -205,7 +220,7 @@ class SequenceStep(_Model):
     type: EventType = "track"
     where: list[PropertyFilter] = Field(default_factory=list)
     within: Duration | None = None
-    same: list[str] = Field(default_factory=list)
+    same: list[Path] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_name(self) -> SequenceStep:
@@ -424,8 +439,8 @@ def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> Validat
     loc: list[int | str] = []
     for part in first["loc"]:
         # A union member's tag precedes its fields: ('all', 'all', 2, 'event', 'within')
-        # reads all[2].event.within; the container kinds name their field twice.
-        if _is_internal(part) or (loc and loc[-1] == part and part in ("all", "any", "not")):
+        # reads all[2].event.within; a kind's own key field would be named twice.
+        if _is_internal(part) or (loc and loc[-1] == part and isinstance(part, str)):
             continue
         loc.append(part)
     message = first["msg"]

@@ -83,6 +83,8 @@ class Resolver:
     ids: dict[tuple[str, str], int] = field(default_factory=dict)
     new_ids: list[tuple[str, str]] = field(default_factory=list)
     merges: list[PendingMerge] = field(default_factory=list)
+    # Contacts merged into others by this batch (written by flush): now tombstones.
+    merged: list[int] = field(default_factory=list)
     _next_key: int = -1
     _real: dict[int, int] = field(default_factory=dict)
 
@@ -393,6 +395,7 @@ class Resolver:
     def _apply_merge(self, merge: PendingMerge) -> None:
         into = self.real_id(merge.winner)
         loser = merge.loser
+        self.merged.append(loser)
         self.conn.execute(
             update(t.events).where(t.events.c.contact_id == loser).values(contact_id=into)
         )

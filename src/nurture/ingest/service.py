@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Connection, insert, select
@@ -17,6 +17,7 @@ from sqlalchemy import Connection, insert, select
 from nurture.contacts.profile import build_profile
 from nurture.ingest.identity import ConcurrentWrite, Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
+from nurture.segments.queue import queue_evaluations
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, one_of
 
@@ -271,6 +272,8 @@ class IngestStore:
             raise DuplicateFound("a message of this batch is stored already")
         if groups:
             self._store_groups(conn, groups, resolver, now)
+        touched = {cast(int, row["contact_id"]) for row in rows}
+        queue_evaluations(conn, touched | set(resolver.merged), now)
         return set(unique)
 
     def _store_groups(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -63,6 +64,8 @@ class IngestWriter:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._checked_groups = 0
+        # Called after each commit (the evaluator wakes up to evaluate the contacts).
+        self.on_commit: list[Callable[[], None]] = []
 
     def start(self) -> IngestWriter:
         if self._thread is None:
@@ -136,6 +139,8 @@ class IngestWriter:
             except Exception as exc:  # never let one batch kill the writer thread
                 self._fail(group, exc)
                 return
+            for listener in self.on_commit:
+                listener()
             for item, result in zip(group, results, strict=True):
                 item.future.set_result(result)
             return

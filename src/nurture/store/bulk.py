@@ -151,3 +151,22 @@ def one_of(conn: Connection, column: Column[Any], values: Sequence[Any]) -> Colu
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(values)
+
+
+def upsert_rows(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
+) -> None:
+    """Insert rows, or where a row with the same `keys` exists, overwrite its other
+    columns with the given values. Rows all have the same columns."""
+    if not rows:
+        return
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt: Any = module.insert(table)
+    others = [name for name in rows[0] if name not in keys]
+    if others:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={name: stmt.excluded[name] for name in others}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing()
+    conn.execute(stmt, list(rows))

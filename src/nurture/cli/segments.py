@@ -1,0 +1,152 @@
+"""`nurture segments ...`, `nurture validate`, `nurture apply`, `nurture evaluate` and
+`nurture worker`: thin over the segment service, the project and the engine."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from nurture.cli.common import console, fail, running
+from nurture.errors import NurtureError
+from nurture.segments.runner import EvaluationRunner
+
+segments_app = typer.Typer(help="Define, preview and inspect segments.", no_args_is_help=True)
+
+
+def _load(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+
+
+@segments_app.command("list")
+def segments_list() -> None:
+    """Every segment with its status and member count."""
+    with running() as nurture:
+        rows = nurture.segments.all()
+    table = Table("key", "name", "source", "status", "members", "evaluated", "error")
+    for r in rows:
+        table.add_row(
+            r["key"],
+            r["name"],
+            r["source"],
+            r["status"],
+            str(r["members"]),
+            r["evaluatedAt"] or "",
+            r["error"] or "",
+        )
+    console.print(table)
+
+
+@segments_app.command("preview")
+def segments_preview(
+    key: str = typer.Argument(None, help="A saved segment; or give --file"),
+    file: Path | None = typer.Option(None, "--file", "-f", help="A YAML segment or condition"),
+    sample: int = typer.Option(10, min=0, max=100, help="How many members to show"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Count and sample of who matches now, without saving anything."""
+    if (key is None) == (file is None):
+        raise fail("give a segment key or --file, not both")
+    with running() as nurture:
+        if file is not None:
+            data = _load(file)
+            where = data.get("where", data) if isinstance(data, dict) else data
+            preview = nurture.segments.preview(where, sample=sample)
+        else:
+            preview = nurture.segments.preview_key(key, sample=sample)
+    if as_json:
+        print(json.dumps(preview.to_dict()))
+        return
+    console.print(f"[bold]{preview.count}[/] contacts match")
+    table = Table("id", "userId", "email", "name")
+    for c in preview.sample:
+        table.add_row(str(c["id"]), c["userId"] or "", c["email"] or "", str(c["name"] or ""))
+    if preview.sample:
+        console.print(table)
+
+
+@segments_app.command("members")
+def segments_members(
+    key: str,
+    limit: int = typer.Option(100, min=1, max=1000, help="At most this many"),
+) -> None:
+    """Current members of a segment with when each entered."""
+    with running() as nurture:
+        page = nurture.segments.members(key, limit=limit)
+    table = Table("contact", "entered")
+    for item in page["items"]:
+        table.add_row(str(item["contactId"]), item["enteredAt"])
+    console.print(table)
+
+
+@segments_app.command("evaluate")
+def segments_evaluate(
+    key: str = typer.Argument(None, help="One segment; all when omitted"),
+) -> None:
+    """Re-evaluate a segment (or everything) for every contact now."""
+    with running() as nurture:
+        results = (
+            [nurture.segments.evaluate(key)] if key else nurture.engine.evaluate_all().segments
+        )
+    table = Table("segment", "members", "entered", "exited", "seconds", "error")
+    for r in results:
+        table.add_row(
+            r.key, str(r.members), str(r.entered), str(r.exited), f"{r.seconds:.2f}", r.error or ""
+        )
+    console.print(table)
+
+
+def validate_command() -> None:
+    """Check the project files (segments/, traits/, lifecycle/, scoring/)."""
+    with running() as nurture:
+        try:
+            found = nurture.project.validate()
+        except NurtureError as exc:
+            raise fail(exc) from None
+    console.print(f"{len(found)} definitions are valid")
+
+
+def apply_command(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan, change nothing"),
+) -> None:
+    """Make the stored definitions match the project files (shows the plan first)."""
+    with running() as nurture:
+        plan = nurture.project.plan() if dry_run else nurture.project.apply()
+        for line in plan.lines():
+            console.print(line)
+        console.print(
+            f"{len(plan.add)} to add, {len(plan.change)} to change, {len(plan.remove)} to remove, "
+            f"{plan.unchanged} unchanged" + (" (dry run)" if dry_run else "")
+        )
+        if plan and not dry_run:
+            report = nurture.engine.evaluate_all()
+            failed = [r for r in report.segments if r.error]
+            for r in failed:
+                console.print(f"[red]segment {r.key} failed:[/] {r.error}")
+
+
+def worker_command() -> None:
+    """Keep segments, stages and scores current (no HTTP), until interrupted."""
+    with running() as nurture:
+        s = nurture.settings
+        runner = EvaluationRunner(
+            nurture.engine, refresh_seconds=s.evaluation_refresh_seconds, batch=s.evaluation_batch
+        ).start()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        console.print("evaluating; Ctrl-C to stop")
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            runner.stop()

@@ -1,0 +1,163 @@
+"""The project as code: definitions kept as YAML files in git, validated and applied
+like infrastructure (`nurture validate`, `nurture apply`, which shows its plan).
+
+    segments/*.yaml    segments
+    traits/*.yaml      computed traits
+    lifecycle/*.yaml   lifecycle stage models
+    scoring/*.yaml     lead-scoring models
+
+A file holds one definition (a mapping with `key`) or a list of them. Applying makes
+the stored definitions of source `file` equal to the files: new ones are added,
+changed ones replaced, those whose file is gone removed. Definitions made through the
+admin API are left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nurture.clock import Clock
+from nurture.errors import ValidationError
+from nurture.segments.definitions import DefinitionStore, StoredDefinition
+from nurture.segments.registry import Registry
+from nurture.store import Database
+from nurture.store import tables as t
+
+FOLDERS = {
+    "segments": "segment",
+    "traits": "computed",
+    "lifecycle": "stage_model",
+    "scoring": "score_model",
+}
+
+
+@dataclass
+class FileDefinition:
+    kind: str
+    key: str
+    name: str
+    body: dict[str, Any]
+    origin: str  # file path and position, for error messages
+
+
+@dataclass
+class Plan:
+    add: list[FileDefinition] = field(default_factory=list)
+    change: list[FileDefinition] = field(default_factory=list)
+    remove: list[StoredDefinition] = field(default_factory=list)
+    unchanged: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.change or self.remove)
+
+    def lines(self) -> list[str]:
+        out = [f"+ {d.kind} {d.key}  ({d.origin})" for d in self.add]
+        out += [f"~ {d.kind} {d.key}  ({d.origin})" for d in self.change]
+        out += [f"- {d.kind} {d.key}" for d in self.remove]
+        return out
+
+
+class Project:
+    def __init__(self, folder: Path, db: Database, clock: Clock) -> None:
+        self.folder = folder
+        self.db = db
+        self.clock = clock
+
+    def read(self) -> list[FileDefinition]:
+        """Every definition in the project files; raises ValidationError naming the file
+        and field of the first problem (all files are checked together)."""
+        found: list[FileDefinition] = []
+        seen: dict[tuple[str, str], str] = {}
+        for folder, kind in FOLDERS.items():
+            directory = self.folder / folder
+            if not directory.is_dir():
+                continue
+            for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+                rel = f"{folder}/{path.name}"
+                try:
+                    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+                except yaml.YAMLError as exc:
+                    raise ValidationError(f"not valid YAML: {exc}", path=rel) from None
+                items = data if isinstance(data, list) else [data]
+                for index, item in enumerate(items):
+                    origin = f"{rel}[{index}]" if isinstance(data, list) else rel
+                    if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+                        raise ValidationError("expected a mapping with a `key`", path=origin)
+                    key = item["key"]
+                    if (kind, key) in seen:
+                        raise ValidationError(
+                            f"{kind} {key!r} is also defined in {seen[(kind, key)]}", path=origin
+                        )
+                    seen[(kind, key)] = origin
+                    body = {k: v for k, v in item.items() if k != "key"}
+                    found.append(FileDefinition(kind, key, str(item.get("name", "")), body, origin))
+        return found
+
+    def validate(self) -> list[FileDefinition]:
+        """Read the files and check every definition with the others in force."""
+        files = self.read()
+        with self.db.read() as conn:
+            others = [d for d in DefinitionStore.all(conn) if d.source != "file"]
+        now = self.clock.now()
+        trial = others + [
+            StoredDefinition(
+                d.kind, d.key, d.name, _json(d.body), "file", "active", None, now, now, None
+            )
+            for d in files
+        ]
+        problems = Registry.build(trial).problems
+        for d in files:
+            problem = problems.get((d.kind, d.key))
+            if problem:
+                raise ValidationError(problem, path=d.origin, code="invalid_definition")
+        return files
+
+    def plan(self) -> Plan:
+        files = self.validate()
+        plan = Plan()
+        with self.db.read() as conn:
+            stored = {(d.kind, d.key): d for d in DefinitionStore.all(conn)}
+        wanted = {(d.kind, d.key) for d in files}
+        for d in files:
+            old = stored.get((d.kind, d.key))
+            if old is None:
+                plan.add.append(d)
+            elif old.body != _json(d.body) or old.name != d.name or old.source != "file":
+                plan.change.append(d)
+            else:
+                plan.unchanged += 1
+        plan.remove = [d for k, d in stored.items() if d.source == "file" and k not in wanted]
+        return plan
+
+    def apply(self) -> Plan:
+        """Make the stored file definitions equal to the files; returns what changed."""
+        plan = self.plan()
+        now = self.clock.now()
+        with self.db.write() as conn:
+            for d in [*plan.add, *plan.change]:
+                DefinitionStore.put(
+                    conn, d.kind, d.key, _json(d.body), name=d.name, source="file", now=now
+                )
+            for old in plan.remove:
+                DefinitionStore.delete(conn, old.kind, old.key)
+                if old.kind == "segment":
+                    m = t.segment_memberships.c
+                    conn.execute(t.segment_memberships.delete().where(m.segment_key == old.key))
+        return plan
+
+
+def _json(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as the database stores it (YAML dates become ISO strings)."""
+    import json
+
+    return dict(json.loads(json.dumps(body, default=_iso)))
+
+
+def _iso(value: Any) -> str:
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    raise TypeError(f"{type(value).__name__} is not a YAML value Nurture reads")

@@ -1,0 +1,182 @@
+"""Writing evaluation results: memberships, stages and scores, the history of their
+changes, and one system event per change (`segment.entered`, `segment.exited`,
+`stage.changed`, `score.changed`) that journeys trigger on.
+
+System events get deterministic message ids, so writing the same change twice (a
+retried transaction) stores it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete
+
+from nurture.store import tables as t
+from nurture.store.bulk import insert_rows, one_of, upsert_rows
+from nurture.store.types import to_microseconds
+
+
+@dataclass
+class Changes:
+    """What one evaluation changed; applied in one transaction by `apply`."""
+
+    entered: list[tuple[str, int]] = field(default_factory=list)  # (segment, contact)
+    exited: list[tuple[str, int]] = field(default_factory=list)
+    # (model, contact, from stage or None, to stage)
+    stages: list[tuple[str, int, str | None, str]] = field(default_factory=list)
+    # (model, contact, score, old temperature or None, new temperature)
+    scores: list[tuple[str, int, float, str | None, str]] = field(default_factory=list)
+    # Contacts merged away: their memberships, stages and scores go, silently.
+    dropped: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.entered or self.exited or self.stages or self.scores or self.dropped)
+
+    def extend(self, other: Changes) -> None:
+        self.entered += other.entered
+        self.exited += other.exited
+        self.stages += other.stages
+        self.scores += other.scores
+        self.dropped += other.dropped
+
+
+def _system_event(
+    name: str, contact_id: int, now: datetime, key: str, props: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "message_id": f"{name}:{key}:{contact_id}:{to_microseconds(now)}",
+        "type": "system",
+        "event": name,
+        "contact_id": contact_id,
+        "timestamp": now,
+        "received_at": now,
+        "properties": props,
+    }
+
+
+def apply(conn: Connection, changes: Changes, now: datetime) -> None:
+    """Write `changes` (inside the caller's transaction)."""
+    events: list[dict[str, Any]] = []
+    if changes.dropped:
+        _drop(conn, changes.dropped)
+    if changes.entered:
+        insert_rows(
+            conn,
+            t.segment_memberships,
+            [{"segment_key": k, "contact_id": c, "entered_at": now} for k, c in changes.entered],
+            ignore_conflicts=True,
+        )
+        events += [
+            _system_event("segment.entered", c, now, k, {"segment": k}) for k, c in changes.entered
+        ]
+    if changes.exited:
+        m = t.segment_memberships.c
+        by_segment: dict[str, list[int]] = {}
+        for k, c in changes.exited:
+            by_segment.setdefault(k, []).append(c)
+        for key, ids in by_segment.items():
+            for i in range(0, len(ids), 10_000):
+                conn.execute(
+                    delete(t.segment_memberships).where(
+                        m.segment_key == key, one_of(conn, m.contact_id, ids[i : i + 10_000])
+                    )
+                )
+        events += [
+            _system_event("segment.exited", c, now, k, {"segment": k}) for k, c in changes.exited
+        ]
+    membership = [(k, c, "entered") for k, c in changes.entered] + [
+        (k, c, "exited") for k, c in changes.exited
+    ]
+    if membership:
+        insert_rows(
+            conn,
+            t.segment_changes,
+            [
+                {"segment_key": k, "contact_id": c, "change": change, "changed_at": now}
+                for k, c, change in membership
+            ],
+        )
+    if changes.stages:
+        upsert_rows(
+            conn,
+            t.contact_stages,
+            [
+                {"model": model, "contact_id": c, "stage": to, "since": now}
+                for model, c, _, to in changes.stages
+            ],
+            keys=["model", "contact_id"],
+        )
+        insert_rows(
+            conn,
+            t.stage_changes,
+            [
+                {
+                    "model": model,
+                    "contact_id": c,
+                    "from_stage": before,
+                    "to_stage": to,
+                    "changed_at": now,
+                }
+                for model, c, before, to in changes.stages
+            ],
+        )
+        events += [
+            _system_event(
+                "stage.changed", c, now, model, {"model": model, "from": before, "to": to}
+            )
+            for model, c, before, to in changes.stages
+        ]
+    if changes.scores:
+        upsert_rows(
+            conn,
+            t.contact_scores,
+            [
+                {
+                    "model": model,
+                    "contact_id": c,
+                    "score": score,
+                    "temperature": to,
+                    "updated_at": now,
+                }
+                for model, c, score, _, to in changes.scores
+            ],
+            keys=["model", "contact_id"],
+        )
+        crossed = [s for s in changes.scores if s[3] != s[4]]
+        if crossed:
+            insert_rows(
+                conn,
+                t.score_changes,
+                [
+                    {
+                        "model": model,
+                        "contact_id": c,
+                        "from_temperature": before,
+                        "to_temperature": to,
+                        "score": score,
+                        "changed_at": now,
+                    }
+                    for model, c, score, before, to in crossed
+                ],
+            )
+            events += [
+                _system_event(
+                    "score.changed",
+                    c,
+                    now,
+                    model,
+                    {"model": model, "from": before, "to": to, "score": score},
+                )
+                for model, c, score, before, to in crossed
+            ]
+    if events:
+        insert_rows(conn, t.events, events, ignore_conflicts=True)
+
+
+def _drop(conn: Connection, contact_ids: Sequence[int]) -> None:
+    for table in (t.segment_memberships, t.contact_stages, t.contact_scores):
+        conn.execute(delete(table).where(one_of(conn, table.c.contact_id, list(contact_ids))))

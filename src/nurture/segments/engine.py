@@ -1,0 +1,331 @@
+"""The evaluation engine: keeps segment memberships, lifecycle stages and scores current.
+
+Two paths, one meaning (the two evaluators of the condition language):
+
+- **Real time** (`evaluate_pending`): contacts queued by ingest are claimed in batches,
+  their facts loaded once, and every definition evaluated in memory: segments in
+  dependency order, then scores, then stages, then again the segments that read
+  scores or stages. The changes, their history and the system events are written in
+  the transaction that removes the contacts from the queue.
+- **Whole population** (`evaluate_all`, on a schedule): each segment is compiled to SQL
+  and diffed against its stored members; this catches what changes with time alone
+  ("no login in 14 days").
+
+A definition that fails (does not parse, refers to something missing, or raises while
+evaluating) is marked failed with its error and skipped; the others go on.
+
+On PostgreSQL, real-time evaluations take a shared advisory lock and a lock per contact;
+a whole-population evaluation of one segment takes the lock exclusively, so that its
+diff is never computed from a snapshot that a real-time evaluation has since overtaken.
+On SQLite the single write transaction gives the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from nurture.clock import Clock
+from nurture.conditions.compile import SqlCompiler
+from nurture.conditions.facts import ContactFacts, load_facts
+from nurture.conditions.memory import Evaluator
+from nurture.conditions.model import Condition
+from nurture.errors import NotFound, ValidationError
+from nurture.segments import queue
+from nurture.segments.changes import Changes, apply
+from nurture.segments.definitions import DefinitionStore
+from nurture.segments.registry import Registry
+from nurture.store import Database
+from nurture.store import tables as t
+from nurture.store.bulk import one_of
+
+log = logging.getLogger("nurture.segments")
+
+EVALUATION_LOCK = 7263554  # shared: real-time evaluations; exclusive: population runs
+CONTACT_LOCK = 7263555  # first key of the per-contact advisory locks
+
+
+@dataclass
+class SegmentResult:
+    key: str
+    members: int = 0
+    entered: int = 0
+    exited: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class EvaluationReport:
+    segments: list[SegmentResult] = field(default_factory=list)
+    stage_changes: int = 0
+    score_changes: int = 0
+
+
+class Engine:
+    """Evaluates definitions for contacts; thread-safe, one per process."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._registry = Registry()
+        self._registry.version = -1
+        self._lock = threading.Lock()
+        # Called after each real-time batch commits, with how long each contact waited
+        # from being queued (its events stored) to being evaluated (benchmarks, metrics).
+        self.on_evaluated: list[Callable[[list[timedelta]], None]] = []
+
+    # -- definitions ------------------------------------------------------------------
+    def registry(self, conn: Connection) -> Registry:
+        """The definitions in force, rebuilt when they changed."""
+        version = DefinitionStore.version(conn)
+        with self._lock:
+            if self._registry.version != version:
+                self._registry = Registry.build(DefinitionStore.all(conn), version)
+            return self._registry
+
+    def computed_state(self, conn: Connection) -> dict[str, object]:
+        s = t.evaluation_state.c
+        return {row.key: row.value for row in conn.execute(select(s.key, s.value))}
+
+    def _mark_problems(self, conn: Connection, reg: Registry) -> None:
+        for (kind, key), problem in reg.problems.items():
+            stored = DefinitionStore.get(conn, kind, key)
+            if stored is not None and (stored.status != "failed" or stored.error != problem):
+                DefinitionStore.mark(conn, kind, key, error=problem)
+
+    # -- real time ----------------------------------------------------------------------
+    def evaluate_pending(self, limit: int = 500) -> int:
+        """Evaluate up to `limit` queued contacts in one transaction; returns how many."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            if not self.db.is_sqlite:
+                conn.exec_driver_sql(
+                    "SELECT pg_advisory_xact_lock_shared(%(k)s)", {"k": EVALUATION_LOCK}
+                )
+            claimed = queue.claim(conn, limit)
+            if not claimed:
+                return 0
+            ids = sorted(claimed)
+            self._lock_contacts(conn, ids)
+            changes = self.evaluate_contacts(conn, ids, now)
+            apply(conn, changes, now)
+            queue.done(conn, ids)
+        if self.on_evaluated:
+            done = self.clock.now()
+            for listener in self.on_evaluated:
+                listener([done - queued for queued in claimed.values()])
+        return len(ids)
+
+    def _lock_contacts(self, conn: Connection, ids: list[int]) -> None:
+        if self.db.is_sqlite:
+            return
+        for contact_id in sorted(ids):  # one order everywhere: no deadlocks
+            conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%(a)s, %(b)s)",
+                {"a": CONTACT_LOCK, "b": contact_id % 2_147_483_647},
+            )
+
+    def evaluate_contacts(self, conn: Connection, ids: list[int], now: datetime) -> Changes:
+        """What evaluating these contacts now would change (nothing is written)."""
+        reg = self.registry(conn)
+        self._mark_problems(conn, reg)
+        env = reg.env(now, self.computed_state(conn))
+        evaluate = Evaluator(env)
+        facts = load_facts(conn, ids, event_names=reg.event_names, now=now)
+        changes = Changes(dropped=[i for i in ids if i not in facts])
+        failed: dict[str, str] = {}
+        for contact in facts.values():
+            changes.extend(self._contact(reg, evaluate, contact, failed))
+        for key, error in failed.items():
+            log.warning("segment %s failed: %s", key, error)
+            DefinitionStore.mark(conn, "segment", key, error=error)
+        return changes
+
+    def _contact(
+        self, reg: Registry, evaluate: Evaluator, facts: ContactFacts, failed: dict[str, str]
+    ) -> Changes:
+        before_segments = set(facts.segments)
+        before_stages = dict(facts.stages)
+        before_scores = dict(facts.scores)
+        env = evaluate.env
+        for round_ in range(2):
+            for key in reg.order:
+                if key in failed or (round_ == 1 and key not in reg.uses_state):
+                    continue
+                try:
+                    member = evaluate(reg.segments[key].where, facts)
+                except Exception as exc:  # one broken segment must not stop the others
+                    failed[key] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if member:
+                    facts.segments.add(key)
+                else:
+                    facts.segments.discard(key)
+            if round_ == 1:
+                break
+            for key, scoring in reg.score_models.items():
+                result = scoring.score(facts, evaluate)
+                facts.scores[key] = (result.score, result.temperature)
+            for key, model in reg.stage_models.items():
+                stage = model.stage_for(facts, evaluate)
+                facts.stages[key] = stage
+                facts.stages_ever.setdefault(key, set()).add(stage)
+            state_changed = facts.stages != before_stages or facts.scores != before_scores
+            if not (reg.uses_state and state_changed):
+                break
+
+        changes = Changes()
+        known = set(reg.segments) - set(failed)
+        changes.entered = [
+            (k, facts.id) for k in sorted((facts.segments - before_segments) & known)
+        ]
+        changes.exited = [(k, facts.id) for k in sorted((before_segments - facts.segments) & known)]
+        for key in reg.stage_models:
+            before, after = before_stages.get(key), facts.stages.get(key)
+            if after is not None and after != before:
+                changes.stages.append((key, facts.id, before, after))
+        for key in reg.score_models:
+            zero = env.temperature_of(key, 0.0)
+            old_score, old_temperature = before_scores.get(key, (0.0, zero))
+            score, temperature = facts.scores[key]
+            if score != old_score or temperature != old_temperature:
+                changes.scores.append((key, facts.id, score, old_temperature, temperature))
+        return changes
+
+    # -- whole population -------------------------------------------------------------------
+    def evaluate_all(self) -> EvaluationReport:
+        """Re-evaluate every definition for every contact (the scheduled run)."""
+        report = EvaluationReport()
+        with self.db.read() as conn:
+            reg = self.registry(conn)
+        first = [k for k in reg.order if k not in reg.uses_state]
+        later = [k for k in reg.order if k in reg.uses_state]
+        for key in first:
+            report.segments.append(self.evaluate_segment(key))
+        report.score_changes, report.stage_changes = self._evaluate_state()
+        for key in later:
+            report.segments.append(self.evaluate_segment(key))
+        return report
+
+    def evaluate_segment(self, key: str) -> SegmentResult:
+        """Evaluate one segment for the whole population in SQL and store the diff."""
+        now = self.clock.now()
+        started = self.clock.monotonic()
+        result = SegmentResult(key)
+        with self.db.write() as conn:
+            if not self.db.is_sqlite:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
+            reg = self.registry(conn)
+            self._mark_problems(conn, reg)
+            problem = reg.problems.get(("segment", key))
+            if problem is not None:
+                result.error = problem
+                return result
+            segment = reg.segments.get(key)
+            if segment is None:
+                raise NotFound(f"segment {key!r} does not exist", path="key")
+            env = reg.env(now, self.computed_state(conn))
+            try:
+                with conn.begin_nested():
+                    members: set[int] = set(
+                        conn.execute(
+                            SqlCompiler(env, self.db.backend).members(segment.where)
+                        ).scalars()
+                    )
+            except Exception as exc:
+                result.error = f"{type(exc).__name__}: {exc}"
+                log.warning("segment %s failed: %s", key, result.error)
+                DefinitionStore.mark(conn, "segment", key, error=result.error, evaluated_at=now)
+                return result
+            m = t.segment_memberships.c
+            current = set(conn.execute(select(m.contact_id).where(m.segment_key == key)).scalars())
+            changes = Changes(
+                entered=[(key, c) for c in sorted(members - current)],
+                exited=[(key, c) for c in sorted(current - members)],
+            )
+            apply(conn, changes, now)
+            DefinitionStore.mark(conn, "segment", key, error=None, evaluated_at=now)
+        result.members = len(members)
+        result.entered, result.exited = len(changes.entered), len(changes.exited)
+        result.seconds = self.clock.monotonic() - started
+        return result
+
+    def _evaluate_state(self, batch: int = 1000) -> tuple[int, int]:
+        """Scores and stages for every contact that has any (in memory, in batches)."""
+        with self.db.read() as conn:
+            reg = self.registry(conn)
+            if not reg.score_models and not reg.stage_models:
+                return 0, 0
+            c = t.contacts.c
+            ids = list(
+                conn.execute(select(c.id).where(c.merged_into.is_(None)).order_by(c.id)).scalars()
+            )
+        scores = stages = 0
+        for i in range(0, len(ids), batch):
+            now = self.clock.now()
+            with self.db.write() as conn:
+                if not self.db.is_sqlite:
+                    conn.exec_driver_sql(
+                        "SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK}
+                    )
+                chunk = ids[i : i + batch]
+                changes = self.evaluate_contacts(conn, chunk, now)
+                # Memberships are the population run's job; keep only state changes here.
+                changes.entered, changes.exited, changes.dropped = [], [], []
+                apply(conn, changes, now)
+                scores += len(changes.scores)
+                stages += len(changes.stages)
+        return scores, stages
+
+    # -- previews -------------------------------------------------------------------------
+    def preview(self, condition: Condition, *, sample: int = 10) -> tuple[int, list[int]]:
+        """How many live contacts match `condition` now, and the first few, unsaved."""
+        now = self.clock.now()
+        with self.db.read() as conn:
+            reg = self.registry(conn)
+            problem = reg.reference_problem(condition)
+            if problem:
+                raise ValidationError(problem, path="where", code="unknown_reference")
+            env = reg.env(now, self.computed_state(conn))
+            members = SqlCompiler(env, self.db.backend).members(condition).subquery()
+            count = conn.execute(select(func.count()).select_from(members)).scalar_one()
+            ids = list(
+                conn.execute(select(members.c.id).order_by(members.c.id).limit(sample)).scalars()
+            )
+        return int(count), ids
+
+    def contact_state(self, contact_id: int) -> dict[str, Any]:
+        """A contact's stored memberships, stages and scores."""
+        with self.db.read() as conn:
+            m, s, sc = t.segment_memberships.c, t.contact_stages.c, t.contact_scores.c
+            return {
+                "segments": [
+                    {"key": r.segment_key, "enteredAt": r.entered_at.isoformat()}
+                    for r in conn.execute(
+                        select(m.segment_key, m.entered_at)
+                        .where(m.contact_id == contact_id)
+                        .order_by(m.segment_key)
+                    )
+                ],
+                "stages": {
+                    r.model: {"stage": r.stage, "since": r.since.isoformat()}
+                    for r in conn.execute(
+                        select(s.model, s.stage, s.since).where(s.contact_id == contact_id)
+                    )
+                },
+                "scores": {
+                    r.model: {"score": r.score, "temperature": r.temperature}
+                    for r in conn.execute(
+                        select(sc.model, sc.score, sc.temperature).where(
+                            one_of(conn, sc.contact_id, [contact_id])
+                        )
+                    )
+                },
+            }

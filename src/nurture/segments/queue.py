@@ -1,0 +1,48 @@
+"""The evaluation queue: contacts whose memberships, stages and scores are due.
+
+Ingest adds a contact in the same transaction that stores its events; the evaluator
+removes it in the transaction that evaluated it. A crash in between leaves the row, so
+no change of a contact goes unevaluated, and nothing waits in memory only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Connection, delete, func, select
+
+from nurture.store import tables as t
+from nurture.store.bulk import one_of, upsert_rows
+
+
+def queue_evaluations(conn: Connection, contact_ids: Iterable[int], now: datetime) -> None:
+    """Mark contacts as due for evaluation (inside the caller's transaction).
+
+    On PostgreSQL the upsert takes the row lock: if an evaluator holds a claimed row,
+    this waits for it to commit, and then queues the contact afresh, so that events
+    the evaluator could not see yet are evaluated in the next round."""
+    rows = [{"contact_id": cid, "queued_at": now} for cid in sorted(set(contact_ids))]
+    upsert_rows(conn, t.pending_evaluations, rows, keys=["contact_id"])
+
+
+def claim(conn: Connection, limit: int) -> dict[int, datetime]:
+    """The oldest queued contacts with when they were queued, locked for this
+    transaction (others skip them on PostgreSQL; SQLite's single writer needs no lock)."""
+    p = t.pending_evaluations.c
+    query = select(p.contact_id, p.queued_at).order_by(p.queued_at, p.contact_id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return {row.contact_id: row.queued_at for row in conn.execute(query)}
+
+
+def done(conn: Connection, contact_ids: list[int]) -> None:
+    """Remove evaluated contacts from the queue (inside the evaluating transaction)."""
+    if contact_ids:
+        p = t.pending_evaluations.c
+        conn.execute(delete(t.pending_evaluations).where(one_of(conn, p.contact_id, contact_ids)))
+
+
+def backlog(conn: Connection) -> int:
+    """How many contacts wait for evaluation."""
+    return int(conn.execute(select(func.count()).select_from(t.pending_evaluations)).scalar_one())

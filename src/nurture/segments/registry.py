@@ -1,0 +1,232 @@
+"""Every definition in force, parsed and checked together: references resolve, segments
+form no cycle, and segments are ordered so that each comes after those it uses.
+
+A definition that does not parse or refers to something missing is left out with its
+problem (the engine marks it failed); the others go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nurture.conditions.computed import ComputedTrait, parse_computed
+from nurture.conditions.env import Env
+from nurture.conditions.model import (
+    AggregateCondition,
+    ComputedCondition,
+    Condition,
+    EventCondition,
+    ScoreCondition,
+    SegmentCondition,
+    SequenceCondition,
+    StageCondition,
+    TrendCondition,
+    walk,
+)
+from nurture.errors import NurtureError
+from nurture.lifecycle.scoring import ConditionRule, EventRule, ScoreModel, parse_score_model
+from nurture.lifecycle.stages import StageModel, parse_stage_model
+from nurture.segments.definitions import SegmentDefinition, StoredDefinition, parse_segment
+
+Ref = tuple[str, str]  # (kind, key)
+
+
+@dataclass
+class Registry:
+    segments: dict[str, SegmentDefinition] = field(default_factory=dict)
+    computed: dict[str, ComputedTrait] = field(default_factory=dict)
+    stage_models: dict[str, StageModel] = field(default_factory=dict)
+    score_models: dict[str, ScoreModel] = field(default_factory=dict)
+    # Segments in evaluation order: each after the segments its condition uses.
+    order: list[str] = field(default_factory=list)
+    # Definitions left out, with why.
+    problems: dict[Ref, str] = field(default_factory=dict)
+    # Segments whose condition (directly or through other segments) reads stages or
+    # scores: re-evaluated after those change in the same round.
+    uses_state: set[str] = field(default_factory=set)
+    event_names: set[tuple[str, str]] = field(default_factory=set)
+    version: int = 0
+
+    @classmethod
+    def build(cls, stored: Iterable[StoredDefinition], version: int = 0) -> Registry:
+        reg = cls(version=version)
+        parsers: dict[str, Any] = {
+            "segment": parse_segment,
+            "computed": parse_computed,
+            "stage_model": parse_stage_model,
+            "score_model": parse_score_model,
+        }
+        targets: dict[str, dict[str, Any]] = {
+            "segment": reg.segments,
+            "computed": reg.computed,
+            "stage_model": reg.stage_models,
+            "score_model": reg.score_models,
+        }
+        for row in stored:
+            try:
+                parsed = parsers[row.kind]({"key": row.key, **row.body})
+            except NurtureError as exc:
+                reg.problems[(row.kind, row.key)] = str(exc)
+                continue
+            targets[row.kind][row.key] = parsed
+        reg._check()
+        return reg
+
+    # -- conditions of every definition -------------------------------------------------
+    def conditions(self) -> Iterator[tuple[Ref, Condition]]:
+        for key, segment in self.segments.items():
+            yield ("segment", key), segment.where
+        for key, model in self.stage_models.items():
+            for stage in model.stages:
+                if stage.when is not None:
+                    yield ("stage_model", key), stage.when
+        for key, scoring in self.score_models.items():
+            for rule in scoring.rules:
+                if isinstance(rule, ConditionRule):
+                    yield ("score_model", key), rule.when
+
+    def default_stage_model(self) -> str | None:
+        return next(iter(self.stage_models)) if len(self.stage_models) == 1 else None
+
+    def _check(self) -> None:
+        # Drop definitions until every reference resolves: dropping one can break others.
+        while True:
+            broken: dict[Ref, str] = {}
+            for ref, condition in self.conditions():
+                if ref in broken:
+                    continue
+                problem = self.reference_problem(condition)
+                if problem:
+                    broken[ref] = problem
+            for ref, key in self._cycles():
+                broken.setdefault(ref, key)
+            if not broken:
+                break
+            owners: dict[str, dict[str, Any]] = {
+                "segment": self.segments,
+                "stage_model": self.stage_models,
+                "score_model": self.score_models,
+            }
+            for (kind, key), problem in broken.items():
+                self.problems[(kind, key)] = problem
+                owners[kind].pop(key, None)
+        self.order = self._topological()
+        self.uses_state = self._state_users()
+        self.event_names = set()
+        for _, condition in self.conditions():
+            self.event_names |= events_of(condition)
+        for trait in self.computed.values():
+            self.event_names |= trait.event_names()
+        for scoring in self.score_models.values():
+            self.event_names |= {
+                (rule.type, rule.event) for rule in scoring.rules if isinstance(rule, EventRule)
+            }
+
+    def reference_problem(self, condition: Condition) -> str | None:
+        """Why `condition` cannot be evaluated here (a missing segment, ...), or None."""
+        for node in walk(condition):
+            if isinstance(node, SegmentCondition) and node.segment not in self.segments:
+                return f"segment {node.segment!r} does not exist"
+            if isinstance(node, ComputedCondition) and node.computed not in self.computed:
+                return f"computed trait {node.computed!r} is not declared"
+            if isinstance(node, StageCondition):
+                model_key = node.model or self.default_stage_model()
+                if model_key is None:
+                    return f"stage {node.stage!r}: name its model (`model:`); there are " + (
+                        f"{len(self.stage_models)} stage models" if self.stage_models else "none"
+                    )
+                model = self.stage_models.get(model_key)
+                if model is None:
+                    return f"stage model {model_key!r} does not exist"
+                if node.stage not in model.keys:
+                    return f"stage model {model_key!r} has no stage {node.stage!r}"
+            if isinstance(node, ScoreCondition):
+                scoring = self.score_models.get(node.score)
+                if scoring is None:
+                    return f"score model {node.score!r} does not exist"
+                names = [name for name, _ in scoring.bands()]
+                if node.temperature is not None and node.temperature not in names:
+                    return f"score model {node.score!r} has no temperature {node.temperature!r}"
+        return None
+
+    def _uses(self, key: str) -> list[str]:
+        return [
+            node.segment
+            for node in walk(self.segments[key].where)
+            if isinstance(node, SegmentCondition)
+        ]
+
+    def _cycles(self) -> list[tuple[Ref, str]]:
+        found: list[tuple[Ref, str]] = []
+        state: dict[str, int] = {}  # 1 visiting, 2 done
+
+        def visit(key: str, path: list[str]) -> None:
+            state[key] = 1
+            for used in self._uses(key):
+                if used not in self.segments:
+                    continue
+                if state.get(used) == 1:
+                    cycle = [*path[path.index(used) :], used]
+                    for member in cycle[:-1]:
+                        found.append(
+                            (("segment", member), "segments form a cycle: " + " → ".join(cycle))
+                        )
+                elif used not in state:
+                    visit(used, [*path, used])
+            state[key] = 2
+
+        for key in sorted(self.segments):
+            if key not in state:
+                visit(key, [key])
+        return found
+
+    def _topological(self) -> list[str]:
+        order: list[str] = []
+        done: set[str] = set()
+
+        def visit(key: str) -> None:
+            if key in done:
+                return
+            done.add(key)
+            for used in self._uses(key):
+                if used in self.segments:
+                    visit(used)
+            order.append(key)
+
+        for key in sorted(self.segments):
+            visit(key)
+        return order
+
+    def _state_users(self) -> set[str]:
+        users: set[str] = set()
+        for key in self.order:  # used segments come first
+            for node in walk(self.segments[key].where):
+                if isinstance(node, StageCondition | ScoreCondition) or (
+                    isinstance(node, SegmentCondition) and node.segment in users
+                ):
+                    users.add(key)
+                    break
+        return users
+
+    def env(self, now: datetime, computed_state: dict[str, object] | None = None) -> Env:
+        return Env(
+            now=now,
+            score_bands={key: model.bands() for key, model in self.score_models.items()},
+            default_stage_model=self.default_stage_model(),
+            computed=self.computed,
+            computed_state=computed_state or {},
+        )
+
+
+def events_of(condition: Condition) -> set[tuple[str, str]]:
+    """The (type, name) pairs of events a condition reads; name `*` for any name."""
+    names: set[tuple[str, str]] = set()
+    for node in walk(condition):
+        if isinstance(node, EventCondition | AggregateCondition | TrendCondition):
+            names.add((node.type, node.event))
+        elif isinstance(node, SequenceCondition):
+            names |= {(step.type, step.name) for step in node.sequence}
+    return names
