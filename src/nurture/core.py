@@ -16,6 +16,7 @@ from nurture.ingest.rejected import RejectedStore
 from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, parse_batch
 from nurture.ingest.writer import IngestWriter
 from nurture.keys import KeyStore
+from nurture.lifecycle.service import LifecycleService
 from nurture.project import Project
 from nurture.segments.engine import Engine
 from nurture.segments.runner import EvaluationRunner
@@ -52,6 +53,7 @@ class Nurture:
         self.rejected = RejectedStore(self.db, self)
         self.engine = Engine(self.db, self.clock)
         self.segments = SegmentService(self.db, self.clock, self.engine)
+        self.lifecycle = LifecycleService(self.db, self.clock, self.engine)
         self.project = Project(self.settings.project_dir, self.db, self.clock)
         # The evaluator thread runs only where asked (the server); tests and commands
         # call the engine themselves.

@@ -7,10 +7,13 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from sqlalchemy import func, select
 
 from nurture.core import Nurture
 from nurture.errors import NotFound
+from nurture.lifecycle.presets import LEAD_SCORE_YAML, SAAS_YAML
+from nurture.segments.definitions import DefinitionStore
 from nurture.store import tables as t
 
 
@@ -172,3 +175,30 @@ def test_erase_suppresses_every_address_the_contact_ever_gave(nurture: Nurture, 
     assert nurture.privacy.is_suppressed(email="new@example.com")
     assert nurture.privacy.is_suppressed(phone="030 123456", region="DE")
     assert not nurture.privacy.is_suppressed(email="other@example.com")
+
+
+def test_erase_removes_what_evaluation_derived_from_the_contact(
+    nurture: Nurture, alice: int
+) -> None:
+    # Given Alice in a segment, with a stage and a score, and their histories
+    nurture.segments.save({"key": "everyone", "where": {"trait": "email", "exists": True}})
+    with nurture.db.write() as conn:
+        for kind, text in (("stage_model", SAAS_YAML), ("score_model", LEAD_SCORE_YAML)):
+            body = yaml.safe_load(text)
+            DefinitionStore.put(
+                conn, kind, body.pop("key"), body, name="", source="api", now=nurture.clock.now()
+            )
+    nurture.engine.evaluate_all()
+    derived = (
+        t.segment_memberships,
+        t.segment_changes,
+        t.contact_stages,
+        t.stage_changes,
+        t.contact_scores,
+    )
+    assert all(count(nurture, table, table.c.contact_id == alice) for table in derived)
+    # When erasing her
+    nurture.privacy.erase(alice)
+    # Then none of it is left
+    for table in (*derived, t.score_changes, t.consents, t.pending_evaluations):
+        assert count(nurture, table, table.c.contact_id == alice) == 0, table.name

@@ -150,3 +150,69 @@ def worker_command() -> None:
             pass
         finally:
             runner.stop()
+
+
+stages_app = typer.Typer(help="Lifecycle stages: counts and moves.", no_args_is_help=True)
+scores_app = typer.Typer(help="Lead scores, explained.", no_args_is_help=True)
+
+
+@stages_app.command("counts")
+def stages_counts(model: str) -> None:
+    """How many contacts are in each stage of MODEL now."""
+    with running() as nurture:
+        counts = nurture.lifecycle.counts(model)
+    table = Table("stage", "contacts")
+    for stage, n in counts.items():
+        table.add_row(stage, str(n))
+    console.print(table)
+
+
+@stages_app.command("moves")
+def stages_moves(
+    model: str,
+    from_stage: str | None = typer.Option(None, "--from", help="Only moves out of this stage"),
+    to_stage: str | None = typer.Option(None, "--to", help="Only moves into this stage"),
+    since: str | None = typer.Option(None, "--since", help="A date, date-time or '7d ago'"),
+    limit: int = typer.Option(1000, min=1, max=10000, help="At most this many"),
+) -> None:
+    """Who moved between stages of MODEL, e.g. --from engaged --to at_risk --since '7d ago'."""
+    from nurture.conditions.durations import parse_date_ref
+    from nurture.store.types import from_microseconds, to_microseconds
+
+    with running() as nurture:
+        start = None
+        if since:
+            try:
+                ref = parse_date_ref(since)
+            except ValueError as exc:
+                raise fail(f"--since: {exc}") from None
+            start = from_microseconds(ref.resolve_us(to_microseconds(nurture.clock.now())))
+        rows = nurture.lifecycle.moves(
+            model, from_stage=from_stage, to_stage=to_stage, since=start, limit=limit
+        )
+    table = Table("contact", "from", "to", "at")
+    for r in rows:
+        table.add_row(str(r["contactId"]), r["from"] or "", r["to"], r["at"])
+    console.print(table)
+    console.print(f"{len(rows)} moves")
+
+
+@scores_app.command("explain")
+def scores_explain(
+    contact_id: int,
+    model: str = typer.Option("lead", "--model", help="The score model"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """A contact's score now: which rules gave how many points, and when."""
+    with running() as nurture:
+        result = nurture.lifecycle.explain(contact_id, model)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(f"score [bold]{result['score']}[/] ({result['temperature']})")
+    table = Table("rule", "points", "count", "last")
+    for part in result["explanation"]:
+        table.add_row(
+            part["rule"], str(part["points"]), str(part["count"]), str(part.get("lastAt") or "")
+        )
+    console.print(table)

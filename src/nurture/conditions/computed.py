@@ -317,7 +317,7 @@ class Rfm(_EventDefinition):
         def value(e: Any) -> ColumnElement[Any]:
             days, count, cents = self.metrics(compiler, e)
             recency = score([days < _int(bound) for bound in bounds.recency_days])
-            frequency = score([count >= _int(bound) for bound in bounds.frequency])
+            frequency = score([count > _int(bound) for bound in bounds.frequency])
             monetary = score([cents > _int(bound) for bound in bounds.monetary_cents])
             return case((count > 0, _pick(self.part, recency, frequency, monetary)))
 

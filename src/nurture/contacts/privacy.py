@@ -134,6 +134,19 @@ class PrivacyService:
                 else 0,
                 "contacts_deleted": gone(delete(t.contacts).where(t.contacts.c.id.in_(ids))),
             }
+            # What evaluation derived from the person: memberships, stages, scores, their
+            # histories, consents and a pending evaluation.
+            for table in (
+                t.segment_memberships,
+                t.segment_changes,
+                t.contact_stages,
+                t.stage_changes,
+                t.contact_scores,
+                t.score_changes,
+                t.consents,
+                t.pending_evaluations,
+            ):
+                conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
             rows = [
                 {
                     "hash": suppression_hash(salt, value),

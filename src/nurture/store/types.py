@@ -62,3 +62,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 def to_microseconds(value: datetime) -> int:
     """An aware datetime as integer microseconds since 1970 UTC (SQLite's stored form)."""
     return (value - _EPOCH) // _MICROSECOND
+
+
+def from_microseconds(value: int) -> datetime:
+    """Integer microseconds since 1970 UTC as an aware datetime."""
+    return _EPOCH + timedelta(microseconds=value)
