@@ -28,7 +28,11 @@ def setup_models(nurture: Nurture) -> None:
         "lead",
         {
             "half_life": "30d",
-            "temperatures": [{"name": "cold"}, {"name": "warm", "at_least": 20}, {"name": "hot", "at_least": 50}],
+            "temperatures": [
+                {"name": "cold"},
+                {"name": "warm", "at_least": 20},
+                {"name": "hot", "at_least": 50},
+            ],
             "rules": [
                 {"event": "Signed Up", "points": 20, "max_times": 1},
                 {"event": "Pricing", "type": "page", "points": 5, "max_times": 4},
@@ -40,7 +44,9 @@ def setup_models(nurture: Nurture) -> None:
 
 def ann(nurture: Nurture) -> int:
     with nurture.db.read() as conn:
-        return int(conn.execute(select(t.contacts.c.id).where(t.contacts.c.user_id == "ann")).scalar_one())
+        return int(
+            conn.execute(select(t.contacts.c.id).where(t.contacts.c.user_id == "ann")).scalar_one()
+        )
 
 
 def test_a_saas_contact_moves_through_stages_in_real_time_and_on_schedule(
@@ -71,19 +77,26 @@ def test_a_saas_contact_moves_through_stages_in_real_time_and_on_schedule(
         params={"from": "engaged", "to": "at_risk", "since": week_ago},
         headers=headers,
     ).json()
-    assert [(m["contactId"], m["from"], m["to"]) for m in moves] == [(contact, "engaged", "at_risk")]
+    assert [(m["contactId"], m["from"], m["to"]) for m in moves] == [
+        (contact, "engaged", "at_risk")
+    ]
     assert moves[0]["at"] == clock.now().isoformat()
-    assert client.get(
-        "/api/stages/lifecycle/moves",
-        params={"to": "engaged", "until": (engaged_at + timedelta(seconds=1)).isoformat()},
-        headers=headers,
-    ).json()[0]["contactId"] == contact
+    assert (
+        client.get(
+            "/api/stages/lifecycle/moves",
+            params={"to": "engaged", "until": (engaged_at + timedelta(seconds=1)).isoformat()},
+            headers=headers,
+        ).json()[0]["contactId"]
+        == contact
+    )
     with nurture.db.read() as conn:
         e = t.events.c
         changes = [
             (r["from"], r["to"])
             for r in conn.execute(
-                select(e.properties).where(e.event == "stage.changed", e.contact_id == contact).order_by(e.id)
+                select(e.properties)
+                .where(e.event == "stage.changed", e.contact_id == contact)
+                .order_by(e.id)
             ).scalars()
         ]
     assert changes == [
@@ -103,7 +116,10 @@ def test_scores_cross_thresholds_emit_events_and_are_explained(
     track(nurture, "ann", "Signed Up")
     nurture.engine.evaluate_pending()
     contact = ann(nurture)
-    assert nurture.engine.contact_state(contact)["scores"]["lead"] == {"score": 20.0, "temperature": "warm"}
+    assert nurture.engine.contact_state(contact)["scores"]["lead"] == {
+        "score": 20.0,
+        "temperature": "warm",
+    }
     # When she orders (+100: hot)
     track(nurture, "ann", "Order Completed", total=50)
     nurture.engine.evaluate_pending()
@@ -111,7 +127,9 @@ def test_scores_cross_thresholds_emit_events_and_are_explained(
     with nurture.db.read() as conn:
         s = t.score_changes.c
         crossings = conn.execute(
-            select(s.from_temperature, s.to_temperature, s.score).where(s.contact_id == contact).order_by(s.id)
+            select(s.from_temperature, s.to_temperature, s.score)
+            .where(s.contact_id == contact)
+            .order_by(s.id)
         ).all()
     assert [tuple(c) for c in crossings] == [("cold", "warm", 20.0), ("warm", "hot", 120.0)]
     explained = client.get(
@@ -125,7 +143,10 @@ def test_scores_cross_thresholds_emit_events_and_are_explained(
     # And after one half-life with no event the scheduled run halves it
     clock.advance(timedelta(days=30))
     nurture.engine.evaluate_all()
-    assert nurture.engine.contact_state(contact)["scores"]["lead"] == {"score": 60.0, "temperature": "hot"}
+    assert nurture.engine.contact_state(contact)["scores"]["lead"] == {
+        "score": 60.0,
+        "temperature": "hot",
+    }
 
 
 def test_a_segment_can_use_a_score_and_follows_it_in_the_same_round(nurture: Nurture) -> None:
@@ -135,6 +156,6 @@ def test_a_segment_can_use_a_score_and_follows_it_in_the_same_round(nurture: Nur
     nurture.engine.evaluate_pending()
     with nurture.db.read() as conn:
         m = t.segment_memberships.c
-        assert list(conn.execute(select(m.contact_id).where(m.segment_key == "hot_leads")).scalars()) == [
-            ann(nurture)
-        ]
+        assert list(
+            conn.execute(select(m.contact_id).where(m.segment_key == "hot_leads")).scalars()
+        ) == [ann(nurture)]

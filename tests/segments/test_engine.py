@@ -223,3 +223,24 @@ def test_a_merged_away_contact_leaves_its_segments(nurture: Nurture) -> None:
     nurture.engine.evaluate_pending()
     # Then only the surviving contact is a member (it carries the page view now)
     assert members(nurture, "visitors") == {contact_id(nurture, "ann")}
+
+
+def test_segments_on_computed_traits_including_population_rfm(nurture: Nurture) -> None:
+    # Given computed traits: an order count and the RFM score
+    nurture.lifecycle.save("computed", "orders", {"kind": "count", "event": "Order Completed"})
+    nurture.lifecycle.save("computed", "rfm_f", {"kind": "rfm", "part": "frequency"})
+    nurture.segments.save({"key": "repeat", "where": {"computed": "orders", "gte": 2}})
+    nurture.segments.save({"key": "top_f", "where": {"computed": "rfm_f", "eq": 5}})
+    # And five buyers with 1 to 5 orders
+    for n in range(1, 6):
+        for i in range(n):
+            track(nurture, f"u{n}", "Order Completed", timedelta(hours=i + 1), revenue=10 + i)
+    # When evaluated in real time, then on the scheduled run (which computes RFM bounds)
+    nurture.engine.evaluate_pending()
+    assert len(members(nurture, "repeat")) == 4
+    nurture.engine.evaluate_all()
+    # Then the most frequent buyer alone is in the top frequency quintile
+    assert members(nurture, "top_f") == {contact_id(nurture, "u5")}
+    # And an operator that does not fit the trait's type is refused
+    with pytest.raises(ValidationError, match="is a number: use one of"):
+        nurture.segments.save({"key": "odd", "where": {"computed": "orders", "before": "3d ago"}})

@@ -62,9 +62,13 @@ class SqlCompiler:
 
     def members(self, condition: Condition) -> Select[Any]:
         """`SELECT id FROM contacts` of the live contacts for which `condition` holds."""
-        return select(contacts.c.id).where(
-            contacts.c.merged_into.is_(None), self.compile(condition)
-        )
+        live: Bool = contacts.c.merged_into.is_(None)
+        if self.b.sqlite:
+            # Written so that SQLite cannot use the merged_into index: it then drives the
+            # query from an `id IN (...)` list when there is one, instead of visiting
+            # every live contact (measured: 1.4 s against 0.5 s on 1M contacts).
+            live = func.coalesce(contacts.c.merged_into, 0) == 0
+        return select(contacts.c.id).where(live, self.compile(condition))
 
     def compile(self, condition: Condition) -> Bool:
         match condition:
@@ -192,6 +196,8 @@ class SqlCompiler:
         grouped = select(e.c.contact_id).where(*where).group_by(e.c.contact_id)
         low, high = condition.bounds
         count = func.count()
+        if low == 1 and high is None:  # did it: no need to count
+            return contacts.c.id.in_(select(e.c.contact_id).where(*where))
         if low:  # at least 1: contacts with matching events only
             having = [count >= low] + ([count <= high] if high is not None else [])
             return contacts.c.id.in_(grouped.having(and_(*having)))

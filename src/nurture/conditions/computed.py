@@ -81,6 +81,10 @@ class ComputedTrait(Protocol):
     @property
     def key(self) -> str: ...
 
+    @property
+    def returns(self) -> Literal["number", "time", "boolean"]:
+        """What the value is: a number, a time (a `Moment`) or a boolean."""
+
     def value(self, facts: ContactFacts, env: Env) -> Any:
         """The value for one contact (None when there is none)."""
 

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, func, select
 
 from nurture.clock import Clock
 from nurture.conditions.compile import SqlCompiler
+from nurture.conditions.computed import compute_state
 from nurture.conditions.facts import ContactFacts, load_facts
 from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import Condition
@@ -43,7 +44,7 @@ from nurture.segments.definitions import DefinitionStore
 from nurture.segments.registry import Registry
 from nurture.store import Database
 from nurture.store import tables as t
-from nurture.store.bulk import one_of
+from nurture.store.bulk import one_of, upsert_rows
 
 log = logging.getLogger("nurture.segments")
 
@@ -203,6 +204,7 @@ class Engine:
     def evaluate_all(self) -> EvaluationReport:
         """Re-evaluate every definition for every contact (the scheduled run)."""
         report = EvaluationReport()
+        self.refresh_computed_state()
         with self.db.read() as conn:
             reg = self.registry(conn)
         first = [k for k in reg.order if k not in reg.uses_state]
@@ -213,6 +215,19 @@ class Engine:
         for key in later:
             report.segments.append(self.evaluate_segment(key))
         return report
+
+    def refresh_computed_state(self) -> None:
+        """Recompute the population values computed traits share (RFM quintile bounds)."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            reg = self.registry(conn)
+            env = reg.env(now, self.computed_state(conn))
+            rows = []
+            for key, trait in reg.computed.items():
+                value = compute_state(conn, trait, env)
+                if value is not None:
+                    rows.append({"key": key, "value": value, "computed_at": now})
+            upsert_rows(conn, t.evaluation_state, rows, keys=["key"])
 
     def evaluate_segment(self, key: str) -> SegmentResult:
         """Evaluate one segment for the whole population in SQL and store the diff."""

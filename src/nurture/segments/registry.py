@@ -33,6 +33,13 @@ from nurture.segments.definitions import SegmentDefinition, StoredDefinition, pa
 
 Ref = tuple[str, str]  # (kind, key)
 
+# The operators that mean something for each type of computed value.
+OPERATORS_FOR = {
+    "number": ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "exists"),
+    "time": ("within_last", "within_next", "before", "after", "exists"),
+    "boolean": ("eq", "ne", "exists"),
+}
+
 
 @dataclass
 class Registry:
@@ -130,8 +137,16 @@ class Registry:
         for node in walk(condition):
             if isinstance(node, SegmentCondition) and node.segment not in self.segments:
                 return f"segment {node.segment!r} does not exist"
-            if isinstance(node, ComputedCondition) and node.computed not in self.computed:
-                return f"computed trait {node.computed!r} is not declared"
+            if isinstance(node, ComputedCondition):
+                trait = self.computed.get(node.computed)
+                if trait is None:
+                    return f"computed trait {node.computed!r} is not declared"
+                fits = OPERATORS_FOR.get(trait.returns, ())
+                if node.operator not in fits:
+                    return (
+                        f"computed trait {node.computed!r} is a {trait.returns}: "
+                        f"use one of {', '.join(fits)}"
+                    )
             if isinstance(node, StageCondition):
                 model_key = node.model or self.default_stage_model()
                 if model_key is None:

@@ -99,6 +99,8 @@ events = Table(
     Column("context", Json),
     UniqueConstraint("message_id"),
     Index(None, "contact_id", "timestamp"),
+    # Segments: "who did X (how often, when)" reads this index only, grouped by contact.
+    Index(None, "event", "type", "contact_id", "timestamp"),
 )
 
 accounts = Table(

@@ -1,0 +1,356 @@
+"""Segment benchmarks (issue "condition language"): on the reference world (1M contacts,
+10M events by default), as of the end of its 90 days.
+
+- `reference`: the reference segment "did Logged In at least 3 times in the last 30 days
+  and never did Order Completed", evaluated for the whole population by the SQL compiler
+  (best of 3 after a warm-up), beside the hand-written query of bench/segment_baseline.py.
+- `twenty`: 20 segments of mixed kinds evaluated and stored (`Engine.evaluate_all`): the
+  first run (every member enters) and a second run (nothing changed: the steady state).
+- `realtime`: 50 segments, the SaaS stage model and a lead score defined; events arrive
+  at 1,000/s through the ingest writer while the evaluator thread runs; the time from a
+  contact being queued (its events' transaction) to its evaluation being committed.
+
+Command line::
+
+    python -m bench.segments [--contacts N] [--backend sqlite|postgresql] [--only NAME...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, text
+
+from bench.world_db import WorldInfo, world_info
+from nurture.clock import SimulatedClock
+from nurture.conditions.model import parse_condition
+from nurture.core import Nurture
+from nurture.lifecycle.presets import LEAD_SCORE_YAML
+from nurture.segments.definitions import DefinitionStore
+from nurture.settings import Settings
+from nurture.store import Database
+from nurture.store import tables as t
+
+REFERENCE = {
+    "all": [
+        {"event": "Logged In", "at_least": 3, "within_last": "30d"},
+        {"not": {"event": "Order Completed"}},
+    ]
+}
+
+# Twenty segments of mixed kinds: counts, windows, property filters, aggregates,
+# sequences (abandonment), trends, traits (nested, dates), segments of segments.
+MIXED: list[dict[str, Any]] = [
+    {"key": "reference", "where": REFERENCE},
+    {"key": "active_7d", "where": {"event": "Logged In", "within_last": "7d"}},
+    {
+        "key": "dormant",
+        "where": {
+            "all": [{"event": "Logged In"}, {"not": {"event": "Logged In", "within_last": "14d"}}]
+        },
+    },
+    {"key": "power_users", "where": {"event": "Feature Used", "at_least": 5, "within_last": "30d"}},
+    {
+        "key": "sso_users",
+        "where": {"event": "Logged In", "where": [{"property": "method", "eq": "sso"}]},
+    },
+    {"key": "buyers", "where": {"event": "Order Completed"}},
+    {"key": "repeat_buyers", "where": {"event": "Order Completed", "at_least": 2}},
+    {
+        "key": "big_spenders",
+        "where": {
+            "aggregate": "sum",
+            "of": "total",
+            "event": "Order Completed",
+            "within_last": "90d",
+            "gt": 200,
+        },
+    },
+    {
+        "key": "aov_high",
+        "where": {"aggregate": "avg", "of": "total", "event": "Order Completed", "gte": 100},
+    },
+    {
+        "key": "cart_abandoners",
+        "where": {
+            "sequence": [
+                {"event": "Product Added"},
+                {"not_event": "Order Completed", "within": "1h"},
+            ],
+            "within_last": "7d",
+        },
+    },
+    {
+        "key": "browse_then_buy",
+        "where": {
+            "sequence": [{"event": "Product Viewed"}, {"event": "Order Completed", "within": "1d"}]
+        },
+    },
+    {
+        "key": "login_drop",
+        "where": {"trend": "count", "event": "Logged In", "period": "14d", "below": 0.5},
+    },
+    {"key": "pro_plan", "where": {"trait": "plan", "in": ["pro", "team"]}},
+    {"key": "big_companies", "where": {"trait": "company.size", "gte": 150}},
+    {"key": "eu", "where": {"trait": "country", "in": ["DE", "FR", "ES", "IT", "NL", "SE"]}},
+    {"key": "new_signups", "where": {"trait": "createdAt", "within_last": "30d"}},
+    {"key": "opted_in", "where": {"trait": "marketingOptIn", "eq": True}},
+    {"key": "payment_failed", "where": {"event": "Payment Failed", "within_last": "30d"}},
+    {"key": "pro_dormant", "where": {"all": [{"segment": "pro_plan"}, {"segment": "dormant"}]}},
+    {
+        "key": "eu_buyers_opted_in",
+        "where": {"all": [{"segment": "eu"}, {"segment": "buyers"}, {"segment": "opted_in"}]},
+    },
+]
+
+
+def fifty() -> list[dict[str, Any]]:
+    """The twenty, plus thirty variations (other windows and thresholds)."""
+    extra = []
+    for i, days in enumerate((3, 5, 10, 21, 45, 60)):
+        extra += [
+            {
+                "key": f"logins_{days}d",
+                "where": {"event": "Logged In", "at_least": 2, "within_last": f"{days}d"},
+            },
+            {
+                "key": f"features_{days}d",
+                "where": {"event": "Feature Used", "within_last": f"{days}d"},
+            },
+            {
+                "key": f"views_{days}d",
+                "where": {"event": "Product Viewed", "at_least": 3, "within_last": f"{days}d"},
+            },
+            {
+                "key": f"spend_{days}d",
+                "where": {
+                    "aggregate": "sum",
+                    "of": "total",
+                    "event": "Order Completed",
+                    "within_last": f"{days}d",
+                    "gt": 50 * (i + 1),
+                },
+            },
+            {
+                "key": f"hot_{days}d",
+                "where": {"all": [{"segment": f"logins_{days}d"}, {"score": "lead", "gte": 20}]},
+            },
+        ]
+    return MIXED + extra
+
+
+class WallClock(SimulatedClock):
+    """The world's "now", moving with real time (for the real-time benchmark)."""
+
+    def __init__(self, start: datetime) -> None:
+        super().__init__(start)
+        self._origin = time.monotonic()
+        self._start = start
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=time.monotonic() - self._origin)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def open_nurture(info: WorldInfo, clock: SimulatedClock, **settings: Any) -> Nurture:
+    db = Database(info.url)
+    values = {**Settings.model_construct().model_dump(), "database_url": info.url, **settings}
+    nurture = Nurture(Settings.model_construct(**values), clock=clock, db=db)
+    nurture.start()
+    reset(nurture)
+    return nurture
+
+
+def reset(nurture: Nurture) -> None:
+    """Forget every definition and everything evaluated (the world stays)."""
+    with nurture.db.write() as conn:
+        for table in (
+            t.definitions,
+            t.segment_memberships,
+            t.segment_changes,
+            t.contact_stages,
+            t.stage_changes,
+            t.contact_scores,
+            t.score_changes,
+            t.pending_evaluations,
+            t.evaluation_state,
+        ):
+            conn.execute(delete(table))
+        conn.execute(delete(t.events).where(t.events.c.type == "system"))
+        conn.execute(delete(t.events).where(t.events.c.message_id.like("bench-rt-%")))
+        conn.execute(delete(t.meta).where(t.meta.c.key == "definitions_version"))
+
+
+def define(nurture: Nurture, kind: str, items: list[dict[str, Any]]) -> None:
+    with nurture.db.write() as conn:
+        for item in items:
+            body = {k: v for k, v in item.items() if k != "key"}
+            DefinitionStore.put(
+                conn, kind, item["key"], body, name="", source="api", now=nurture.clock.now()
+            )
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def bench_reference(info: WorldInfo) -> dict[str, Any]:
+    nurture = open_nurture(info, SimulatedClock(info.end))
+    try:
+        condition = parse_condition(REFERENCE)
+        nurture.engine.preview(condition, sample=0)  # warm the page cache
+        runs = [timed(lambda: nurture.engine.preview(condition, sample=0)) for _ in range(3)]
+        seconds = min(s for s, _ in runs)
+        count = runs[0][1][0]
+    finally:
+        nurture.stop()
+    return {"name": "reference segment", "seconds": seconds, "members": count, "target": 0.5}
+
+
+def bench_twenty(info: WorldInfo) -> dict[str, Any]:
+    nurture = open_nurture(info, SimulatedClock(info.end))
+    try:
+        define(nurture, "segment", MIXED)
+        first, report = timed(nurture.engine.evaluate_all)
+        errors = [(r.key, r.error) for r in report.segments if r.error]
+        second, again = timed(nurture.engine.evaluate_all)
+        slowest = sorted(report.segments, key=lambda r: -r.seconds)[:3]
+    finally:
+        reset(nurture)
+        nurture.stop()
+    return {
+        "name": "20 mixed segments",
+        "first_seconds": first,
+        "second_seconds": second,
+        "entered": sum(r.entered for r in report.segments),
+        "changed_second": sum(r.entered + r.exited for r in again.segments),
+        "errors": errors,
+        "slowest": [(r.key, round(r.seconds, 2)) for r in slowest],
+        "target": 15.0,
+    }
+
+
+def bench_realtime(info: WorldInfo, *, seconds: float = 30.0, rate: int = 1000) -> dict[str, Any]:
+    clock = WallClock(info.end)
+    nurture = open_nurture(info, clock, evaluation_refresh_seconds=0, evaluate_in_process=True)
+    latencies: list[float] = []
+    try:
+        define(nurture, "segment", fifty())
+        define(nurture, "stage_model", [{"key": "lifecycle", "preset": "saas"}])
+        import yaml
+
+        score = yaml.safe_load(LEAD_SCORE_YAML)
+        define(nurture, "score_model", [score])
+        from nurture.segments.runner import EvaluationRunner
+
+        runner = EvaluationRunner(nurture.engine, refresh_seconds=0, batch=500)
+        nurture.writer.on_commit.append(runner.notify)
+        nurture.engine.on_evaluated.append(
+            lambda waits: latencies.extend(w.total_seconds() for w in waits)
+        )
+        runner.start()
+        with nurture.db.read() as conn:
+            users = [
+                r[0]
+                for r in conn.execute(
+                    text("SELECT user_id FROM contacts WHERE user_id IS NOT NULL LIMIT 200000")
+                )
+            ]
+        rng = random.Random(7)
+        names = ["Logged In", "Feature Used", "Product Viewed", "Product Added", "Order Completed"]
+        sent = 0
+        tick = 0.02
+        per_tick = max(1, int(rate * tick))
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            batch = []
+            for _ in range(per_tick):
+                sent += 1
+                name = rng.choice(names)
+                batch.append(
+                    {
+                        "type": "track",
+                        "messageId": f"bench-rt-{sent}",
+                        "userId": rng.choice(users),
+                        "event": name,
+                        "properties": {"total": 42.0} if name == "Order Completed" else {},
+                        "timestamp": clock.now().isoformat(),
+                    }
+                )
+            nurture.ingest(batch, source="bench")
+            delay = started + (sent / rate) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        elapsed = time.monotonic() - started
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with nurture.db.read() as conn:
+                left = conn.execute(text("SELECT count(*) FROM pending_evaluations")).scalar_one()
+            if not left:
+                break
+            time.sleep(0.05)
+        runner.stop()
+    finally:
+        reset(nurture)
+        nurture.stop()
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return (
+            ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+            if ordered
+            else float("nan")
+        )
+
+    return {
+        "name": "real time, 50 segments + stage + score",
+        "events": sent,
+        "rate": sent / elapsed,
+        "evaluations": len(latencies),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": ordered[-1] * 1000 if ordered else float("nan"),
+        "mean_ms": statistics.fmean(ordered) * 1000 if ordered else float("nan"),
+        "target_p99_ms": 20.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--only", nargs="*", default=["reference", "twenty", "realtime"])
+    parser.add_argument("--seconds", type=float, default=30.0, help="Real-time run length")
+    args = parser.parse_args(argv)
+    info = world_info(args.backend, args.contacts, None)
+    print(
+        f"world: {info.contacts:,} contacts, {info.events:,} events, {args.backend}, "
+        f"now = {info.end}"
+    )
+    results = []
+    if "reference" in args.only:
+        results.append(bench_reference(info))
+    if "twenty" in args.only:
+        results.append(bench_twenty(info))
+    if "realtime" in args.only:
+        results.append(bench_realtime(info, seconds=args.seconds))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for result in results:
+        print(result)
+    print(f"peak RSS: {peak:.0f} MB (target 2048 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
