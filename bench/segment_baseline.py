@@ -7,11 +7,17 @@ Order Completed, does not work on the generated data: only SaaS contacts log in 
 shop contacts order, so "never did B" removes nobody. The default pair is therefore
 Product Viewed (A) and Order Completed (B), both shop events: browsers who never bought.
 
-Each candidate set of indexes (the existing `(contact_id, timestamp)` alone, then with
-one more) is created on the cached world database (bench/world_db.py), each query shape
-runs once to warm up and then 3 times (best kept), and the extra index is dropped again.
-For each set it also reports the index size and the cost of inserting 100,000 events
-(copies of the newest ones, 90 days later, rolled back).
+A and B are track events, and page names share the `event` column, so every shape asks
+for `type = 'track'` too (`--any-type` leaves that out).
+
+Each candidate set of indexes (`(contact_id, timestamp)` alone, then with one more) is
+made on the cached world database (bench/world_db.py): the schema's other secondary
+indexes on `events` are dropped for the run and recreated from tables.py at its end (and
+at the start of the next run, should one be cut short). Each query shape runs once to
+warm up, then 3 times (best kept). Each set also reports the extra index's size and build
+time and the cost of inserting events (copies of the newest ones, 90 days later, rolled
+back: 100,000 on SQLite, 20,000 on PostgreSQL, which keeps them as dead tuples until the
+`VACUUM events` at the end).
 
     python -m bench.segment_baseline --contacts 1000000 [--backend postgresql]
     python -m bench.segment_baseline --contacts 100000 --a "Logged In" --b "Order Completed"
@@ -28,42 +34,50 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, Index, bindparam, text
+from sqlalchemy.schema import CreateIndex
 
 from bench.harness import log
 from bench.world_db import world_info
 from nurture.store import Database
+from nurture.store import tables as t
 from nurture.store.types import UTCDateTime
 
-# name -> the extra index's columns (none: the schema's indexes only)
+BASE = ("contact_id", "timestamp")  # the index every set keeps
+# name -> the extra index's columns (none: BASE alone)
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "(contact_id, timestamp) only": (),
     "+ (event, timestamp, contact_id)": ("event", "timestamp", "contact_id"),
     "+ (event, contact_id, timestamp)": ("event", "contact_id", "timestamp"),
+    "+ (event, type, contact_id, timestamp)": ("event", "type", "contact_id", "timestamp"),
 }
 BENCH_INDEX = "ix_bench_segment_candidate"
 
-_A_IN_WINDOW = "event = :a AND timestamp >= :since AND timestamp < :now"
+# {track} becomes the type filter, or nothing.
+_A = "event = :a{track} AND timestamp >= :since AND timestamp < :now"
+_B = "event = :b{track} AND timestamp < :now"
+_A_E = "e.event = :a{track} AND e.timestamp >= :since AND e.timestamp < :now"
+_B_B = "b.event = :b{track} AND b.timestamp < :now"
 SHAPES = {
     # Contacts with 3+ A in the window, grouped, minus everyone who ever did B.
     "group + NOT IN": f"""
-        SELECT contact_id FROM events WHERE {_A_IN_WINDOW}
+        SELECT contact_id FROM events WHERE {_A}
         GROUP BY contact_id HAVING count(*) >= 3
-        AND contact_id NOT IN (SELECT contact_id FROM events WHERE event = :b AND timestamp < :now)
+        AND contact_id NOT IN (SELECT contact_id FROM events WHERE {_B})
     """,
     # The same groups; B looked up per group.
     "group + NOT EXISTS": f"""
-        SELECT e.contact_id FROM events e WHERE {_A_IN_WINDOW}
+        SELECT e.contact_id FROM events e WHERE {_A_E}
         GROUP BY e.contact_id HAVING count(*) >= 3
-        AND NOT EXISTS (SELECT 1 FROM events b
-                        WHERE b.contact_id = e.contact_id AND b.event = :b AND b.timestamp < :now)
+        AND NOT EXISTS (SELECT 1 FROM events b WHERE b.contact_id = e.contact_id
+                        AND {_B_B})
     """,
     # Contact by contact: a count subquery for A, NOT EXISTS for B.
     "per contact: count + NOT EXISTS": f"""
         SELECT c.id FROM contacts c WHERE c.merged_into IS NULL
-        AND (SELECT count(*) FROM events WHERE contact_id = c.id AND {_A_IN_WINDOW}) >= 3
-        AND NOT EXISTS (SELECT 1 FROM events b
-                        WHERE b.contact_id = c.id AND b.event = :b AND b.timestamp < :now)
+        AND (SELECT count(*) FROM events WHERE contact_id = c.id AND {_A}) >= 3
+        AND NOT EXISTS (SELECT 1 FROM events b WHERE b.contact_id = c.id
+                        AND {_B_B})
     """,
 }
 
@@ -122,27 +136,35 @@ def _deadline(conn: Connection, seconds: float) -> Iterator[None]:
         raw.set_progress_handler(None, 0)
 
 
-def _statement(shape: str, prefix: str = "") -> Any:
-    return text(prefix + SHAPES[shape]).bindparams(
+def _statement(shape: str, prefix: str = "", track: bool = True) -> Any:
+    sql = SHAPES[shape].replace("{track}", " AND type = 'track'" if track else "")
+    return text(prefix + sql).bindparams(
         bindparam("since", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime())
     )
 
 
-def plan(conn: Connection, shape: str, params: dict[str, Any]) -> list[str]:
-    """The query plan, as the database prints it (the top of it on PostgreSQL)."""
+def plan(conn: Connection, shape: str, params: dict[str, Any], track: bool) -> list[str]:
+    """The query plan, as the database prints it (without JIT details on PostgreSQL)."""
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(_statement(shape, "EXPLAIN (COSTS OFF) "), params)
+        rows = conn.execute(_statement(shape, "EXPLAIN (COSTS OFF) ", track), params)
         lines = [row[0] for row in rows]
         return [line for line in lines[: lines.index("JIT:") if "JIT:" in lines else None]]
-    return [row[-1] for row in conn.execute(_statement(shape, "EXPLAIN QUERY PLAN "), params)]
+    explain = _statement(shape, "EXPLAIN QUERY PLAN ", track)
+    return [row[-1] for row in conn.execute(explain, params)]
 
 
 def time_shape(
-    conn: Connection, shape: str, params: dict[str, Any], *, repeat: int, timeout: float
+    conn: Connection,
+    shape: str,
+    params: dict[str, Any],
+    *,
+    track: bool = True,
+    repeat: int = 3,
+    timeout: float = 180.0,
 ) -> Timing:
     """Warm up once, then the best of `repeat` runs (the warm-up alone when it is slow)."""
-    sql = _statement(shape)
-    timing = Timing(shape, None, 0, None, plan(conn, shape, params))
+    sql = _statement(shape, "", track)
+    timing = Timing(shape, None, 0, None, plan(conn, shape, params, track))
     seconds: list[float] = []
     try:
         with _deadline(conn, timeout):
@@ -194,6 +216,22 @@ def insert_cost(conn: Connection, count: int = 100_000) -> float:
     return best / count * 1e6
 
 
+def _extra_indexes() -> list[Index]:
+    """The schema's secondary indexes on `events` besides BASE (tables.py)."""
+    return [
+        ix for ix in t.events.indexes if not ix.unique and tuple(c.name for c in ix.columns) != BASE
+    ]
+
+
+def restore_indexes(conn: Connection) -> None:
+    """Drop the candidate and recreate the schema's indexes on `events` (from tables.py)."""
+    conn.rollback()
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {BENCH_INDEX}")
+    for ix in t.events.indexes:
+        conn.execute(CreateIndex(ix, if_not_exists=True))
+    conn.commit()
+
+
 def run(
     backend: str,
     contacts: int,
@@ -201,6 +239,7 @@ def run(
     *,
     a: str,
     b: str,
+    track: bool = True,
     repeat: int = 3,
     timeout: float = 180.0,
     only: list[str] | None = None,
@@ -211,50 +250,31 @@ def run(
     db = Database(info.url)
     variants = []
     with db.engine.connect() as conn:
-        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {BENCH_INDEX}")  # a run that was cut short
-        conn.commit()
+        count = text("SELECT count(*) FROM events WHERE event = :e AND type = 'track'")
         facts = {
-            "url": info.url,
             "contacts": info.contacts,
             "events": info.events,
             "a": a,
             "b": b,
             "now": info.end,
-            "A rows": conn.execute(
-                text("SELECT count(*) FROM events WHERE event = :a"), params
-            ).scalar_one(),
-            "B rows": conn.execute(
-                text("SELECT count(*) FROM events WHERE event = :b"), params
-            ).scalar_one(),
+            "track": track,
+            "A rows": conn.execute(count, {"e": a}).scalar_one(),
+            "B rows": conn.execute(count, {"e": b}).scalar_one(),
             "base_index_mb": index_mb(conn, "ix_events_contact_id_timestamp"),
         }
-        conn.rollback()
-        for name, columns in CANDIDATES.items():
-            if only and not any(o in name for o in only):
-                continue
-            variant = Variant(name)
-            log(f"segment baseline: {name}")
-            try:
-                if columns:
-                    started = time.perf_counter()
-                    conn.exec_driver_sql(
-                        f"CREATE INDEX {BENCH_INDEX} ON events ({', '.join(columns)})"
-                    )
-                    conn.commit()
-                    variant.build_seconds = time.perf_counter() - started
-                    variant.index_mb = index_mb(conn, BENCH_INDEX)
-                    conn.rollback()
-                variant.insert_us = insert_cost(conn, 100_000 if db.is_sqlite else 20_000)
-                for shape in SHAPES:
-                    timing = time_shape(conn, shape, params, repeat=repeat, timeout=timeout)
-                    conn.rollback()
-                    log(f"  {shape}: {timing.seconds or 0:.3f}s, {timing.members} members")
-                    variant.timings.append(timing)
-            finally:
-                conn.rollback()
-                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {BENCH_INDEX}")
-                conn.commit()
-            variants.append(variant)
+        restore_indexes(conn)  # a run that was cut short
+        try:
+            for ix in _extra_indexes():
+                conn.exec_driver_sql(f"DROP INDEX {ix.name}")
+            conn.commit()
+            for name, columns in CANDIDATES.items():
+                if only and not any(o in name for o in only):
+                    continue
+                log(f"segment baseline: {name}")
+                variants.append(_variant(conn, name, columns, params, track, repeat, timeout))
+        finally:
+            log("segment baseline: restoring the schema's indexes")
+            restore_indexes(conn)
     if not db.is_sqlite:  # the rows insert_cost rolled back
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM events")
@@ -262,12 +282,45 @@ def run(
     return facts, variants
 
 
+def _variant(
+    conn: Connection,
+    name: str,
+    columns: tuple[str, ...],
+    params: dict[str, Any],
+    track: bool,
+    repeat: int,
+    timeout: float,
+) -> Variant:
+    variant = Variant(name)
+    try:
+        if columns:
+            started = time.perf_counter()
+            conn.exec_driver_sql(f"CREATE INDEX {BENCH_INDEX} ON events ({', '.join(columns)})")
+            conn.commit()
+            variant.build_seconds = time.perf_counter() - started
+            variant.index_mb = index_mb(conn, BENCH_INDEX)
+            conn.rollback()
+        sqlite = conn.dialect.name == "sqlite"
+        variant.insert_us = insert_cost(conn, 100_000 if sqlite else 20_000)
+        for shape in SHAPES:
+            timing = time_shape(conn, shape, params, track=track, repeat=repeat, timeout=timeout)
+            conn.rollback()
+            log(f"  {shape}: {timing.seconds or 0:.3f}s, {timing.members} members")
+            variant.timings.append(timing)
+    finally:
+        conn.rollback()
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {BENCH_INDEX}")
+        conn.commit()
+    return variant
+
+
 def report(facts: dict[str, Any], variants: list[Variant], backend: str) -> str:
     """The results as Markdown: one table, then the query plans."""
     lines = [
         f"Segment baseline on {backend}: {facts['contacts']:,} contacts, {facts['events']:,} "
         f"events; did {facts['a']!r} ≥ 3 times in the 30 days before {facts['now']:%Y-%m-%d} "
-        f"and never {facts['b']!r} ({facts['A rows']:,} A rows, {facts['B rows']:,} B rows; "
+        f"and never {facts['b']!r}{' (track events)' if facts['track'] else ''} "
+        f"({facts['A rows']:,} A rows, {facts['B rows']:,} B rows; "
         f"(contact_id, timestamp) is {facts['base_index_mb']:.0f} MB)",
         "",
         "| indexes | shape | best s | runs | members | extra index MB | build s | "
@@ -275,17 +328,17 @@ def report(facts: dict[str, Any], variants: list[Variant], backend: str) -> str:
         "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for v in variants:
-        for t in v.timings:
-            seconds = f"{t.seconds:.3f}" if t.seconds is not None else "timeout"
+        for timing in v.timings:
+            seconds = f"{timing.seconds:.3f}" if timing.seconds is not None else "timeout"
             lines.append(
-                f"| {v.name} | {t.shape} | {seconds} | {t.runs} | {t.members} | "
+                f"| {v.name} | {timing.shape} | {seconds} | {timing.runs} | {timing.members} | "
                 f"{v.index_mb:.0f} | {v.build_seconds:.1f} | {v.insert_us:.1f} |"
             )
     lines.append("")
     for v in variants:
-        for t in v.timings:
-            lines.append(f"{v.name}, {t.shape}:")
-            lines.extend(f"    {step}" for step in t.plan)
+        for timing in v.timings:
+            lines.append(f"{v.name}, {timing.shape}:")
+            lines.extend(f"    {step}" for step in timing.plan)
     return "\n".join(lines)
 
 
@@ -299,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="about this many events (default: 10 each)")
     parser.add_argument("--a", default="Product Viewed", help="done at least 3 times")
     parser.add_argument("--b", default="Order Completed", help="never done")
+    parser.add_argument("--any-type", action="store_true", help="no `type = 'track'` filter")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per query")
     parser.add_argument("--only", nargs="*", help="index sets whose name contains one of these")
@@ -309,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events,
         a=args.a,
         b=args.b,
+        track=not args.any_type,
         repeat=args.repeat,
         timeout=args.timeout,
         only=args.only,

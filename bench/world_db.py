@@ -124,14 +124,23 @@ def _copy_value(value: Any) -> str:
     if value is None:
         return "\\N"
     if isinstance(value, str):
-        value = value.replace("\\", "\\\\").replace("\t", "\\t")
-        return value.replace("\n", "\\n").replace("\r", "\\r")
+        escaped = value.replace("\\", "\\\\").replace("\t", "\\t")
+        return escaped.replace("\n", "\\n").replace("\r", "\\r")
     return str(value)
 
 
 def copy_text(rows: Rows) -> bytes:
     """Rows in PostgreSQL's COPY text format."""
     return "".join("\t".join(map(_copy_value, row)) + "\n" for row in rows).encode()
+
+
+def _merge(traits: dict[str, Any], update: dict[str, Any]) -> None:
+    """Shallow-merge traits as ingest does: a trait sent as null is removed."""
+    for name, value in update.items():
+        if value is None:
+            traits.pop(name, None)
+        else:
+            traits[name] = value
 
 
 @dataclass(slots=True)
@@ -189,11 +198,7 @@ def rows_of(messages: list[dict[str, Any]], backend: str) -> BlockRows:
         kind = m["type"]
         traits = m.get("traits") if kind in ("identify", "group") else None
         if kind == "identify" and traits is not None:
-            for name, value in traits.items():
-                if value is None:
-                    person.traits.pop(name, None)
-                else:
-                    person.traits[name] = value
+            _merge(person.traits, traits)
             person.context = m.get("context") or person.context
         elif kind == "group":
             groups.append((m["groupId"], traits or {}, person.id, at))
@@ -318,11 +323,7 @@ def _accounts(groups: list[tuple[str, dict[str, Any], int, Any]]) -> tuple[Rows,
     members: dict[tuple[str, int], Any] = {}
     for group_id, traits, contact_id, at in sorted(groups, key=lambda g: g[3]):
         account = accounts.setdefault(group_id, [len(accounts) + 1, {}, at, at])
-        for name, value in traits.items():
-            if value is None:
-                account[1].pop(name, None)
-            else:
-                account[1][name] = value
+        _merge(account[1], traits)
         account[3] = at
         members.setdefault((group_id, contact_id), at)
     account_rows: Rows = []
@@ -521,13 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         defer_indexes=not args.keep_indexes,
     )
-    state = "reused" if info.reused else "built"
-    print(f"{state} {info.url}")
+    print(f"{'reused' if info.reused else 'built'} {info.url}")
     print(
         f"{info.contacts:,} contacts, {info.identities:,} identities, {info.accounts:,} "
         f"accounts, {info.events:,} events ({info.start:%Y-%m-%d} to {info.end:%Y-%m-%d})"
     )
-    print(f"loaded in {info.seconds:.1f}s: {info.events_per_s:,.0f} events/s")
+    print(f"built in {info.seconds:.1f}s: {info.events_per_s:,.0f} events/s")
     return 0
 
 

@@ -178,7 +178,10 @@ def test_a_bad_definition_is_marked_failed_and_the_others_go_on(nurture: Nurture
     assert broken["status"] == "failed"
     assert "segment 'gone' does not exist" in broken["error"]
     assert members(nurture, "engaged") == {contact_id(nurture, "ann")}
-    assert [r.key for r in report.segments] == ["engaged"]
+    assert [(r.key, r.error is None) for r in report.segments] == [
+        ("broken", False),
+        ("engaged", True),
+    ]
 
 
 def test_preview_counts_without_saving(nurture: Nurture) -> None:

@@ -20,7 +20,7 @@ from nurture.contacts.service import ContactService
 router = APIRouter(prefix="/api", tags=["contacts"], dependencies=[Depends(admin_key)])
 
 MAX_ID = 2**63 - 1
-EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
+EventType = Literal["identify", "track", "page", "screen", "group", "alias", "system"]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No key, or an unknown or revoked key"},
     403: {"description": "A write key; this needs an admin key"},

@@ -22,7 +22,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "Defined in the project files"},
 }
 Kind = Literal["computed", "stage_model", "score_model"]
-Key = Path(max_length=200, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+
+
+def _key(description: str) -> Any:
+    # One Path() per parameter: FastAPI keeps the first parameter's name on a shared one.
+    return Path(max_length=200, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_\-]*$", description=description)
 
 
 def _service(request: Request) -> LifecycleService:
@@ -36,7 +40,7 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
 
 
 @router.get("/stages/{model}", responses=_ERRORS)
-def stage_counts(request: Request, model: str = Key) -> dict[str, int]:
+def stage_counts(request: Request, model: str = _key("The stage model")) -> dict[str, int]:
     """How many contacts are in each stage now."""
     return _service(request).counts(model)
 
@@ -44,7 +48,7 @@ def stage_counts(request: Request, model: str = Key) -> dict[str, int]:
 @router.get("/stages/{model}/moves", responses=_ERRORS)
 def stage_moves(
     request: Request,
-    model: str = Key,
+    model: str = _key("The stage model"),
     from_stage: str | None = Query(None, alias="from", max_length=200),
     to_stage: str | None = Query(None, alias="to", max_length=200),
     since: datetime | None = Query(None, description="From this time (inclusive)"),
@@ -64,7 +68,7 @@ def stage_moves(
 
 @router.get("/contacts/{contact_id}/scores/{model}", responses=_ERRORS)
 def explain_score(
-    request: Request, contact_id: int = Path(ge=1, le=2**63 - 1), model: str = Key
+    request: Request, contact_id: int = Path(ge=1, le=2**63 - 1), model: str = _key("Score model")
 ) -> dict[str, Any]:
     """The contact's score now, explained: which rules gave how many points, when."""
     return _service(request).explain(contact_id, model)
@@ -78,7 +82,7 @@ def list_definitions(request: Request, kind: Kind) -> list[dict[str, Any]]:
 
 @router.put("/definitions/{kind}/{key}", responses=_ERRORS)
 def put_definition(
-    request: Request, kind: Kind, key: str = Key, body: dict[str, Any] = Body(...)
+    request: Request, kind: Kind, key: str = _key("The key"), body: dict[str, Any] = Body(...)
 ) -> dict[str, Any]:
     """Create or replace a stage model, score model or computed trait."""
     if body.get("key", key) != key:
@@ -87,6 +91,6 @@ def put_definition(
 
 
 @router.delete("/definitions/{kind}/{key}", status_code=204, responses=_ERRORS)
-def delete_definition(request: Request, kind: Kind, key: str = Key) -> JSONResponse:
+def delete_definition(request: Request, kind: Kind, key: str = _key("The key")) -> JSONResponse:
     _service(request).delete(kind, key)
     return JSONResponse(None, status_code=204)

@@ -133,18 +133,26 @@ class SqlCompiler:
         at = value.time()
         if at is None:
             return false()
-        now = self.now
+        low_us: int | None
+        high_us: int | None
         if op == "within_last":
-            low = self.b.at(self.now_us - window(x))
-            return definite(and_(at >= low, at <= now))
-        if op == "within_next":
-            high = self.b.at(self.now_us + window(x))
-            return definite(and_(at >= now, at <= high))
-        if op == "before":
-            return definite(at < self.b.at(x.resolve_us(self.now_us)))
-        if op == "after":
-            return definite(at > self.b.at(x.resolve_us(self.now_us)))
-        raise AssertionError(f"unhandled operator {op}")
+            low_us, high_us = self.now_us - window(x), self.now_us
+        elif op == "within_next":
+            low_us, high_us = self.now_us, self.now_us + window(x)
+        elif op == "before":
+            low_us, high_us = None, x.resolve_us(self.now_us) - 1
+        elif op == "after":
+            low_us, high_us = x.resolve_us(self.now_us) + 1, None
+        else:
+            raise AssertionError(f"unhandled operator {op}")
+        exact = []
+        if low_us is not None:
+            exact.append(at >= self.b.at(low_us))
+        if high_us is not None:
+            exact.append(at <= self.b.at(high_us))
+        prefilter = value.time_prefilter(low_us, high_us)
+        # The prefilter first: parsing dates (nurture_ts) costs far more than comparing.
+        return definite(and_(*([prefilter] if prefilter is not None else []), *exact))
 
     def _text_operator(self, value: ValueRef, op: str, x: Any) -> Bool:
         text = value.text()

@@ -120,6 +120,34 @@ class ValueRef:
         """The value as a time in the backend's unit (NULL when not a date)."""
         return None
 
+    def time_prefilter(self, low_us: int | None, high_us: int | None) -> Bool | None:
+        """A cheap test that every value whose time is in [low, high] passes (others may
+        pass too), run before the exact but costly date parsing; None when there is none."""
+        return None
+
+
+def _date_text(us: int, days: int) -> str:
+    moment = _EPOCH + timedelta(microseconds=us) + timedelta(days=days)
+    return moment.strftime("%Y-%m-%d")
+
+
+def _text_prefilter(
+    text: ColumnElement[Any], low_us: int | None, high_us: int | None, sqlite: bool
+) -> Bool:
+    # A valid date-time's first ten characters are its local date, which is within a day
+    # of its UTC date (offsets are under 15 hours).
+    head = func.substr(text, 1, 10) if sqlite else func.left(text, 10).collate("C")
+    tests: list[Bool] = []
+    if low_us is not None:
+        tests.append(head >= _date_text(max(low_us, _MIN_US), -1))
+    if high_us is not None:
+        tests.append(head <= _date_text(min(high_us, _MAX_US), 1))
+    return and_(*tests)
+
+
+_MIN_US = -62135596800 * 1_000_000 + 2 * 86_400_000_000
+_MAX_US = 253402300799 * 1_000_000 - 2 * 86_400_000_000
+
 
 class JsonValue(ValueRef):
     """The value at a dotted path in a JSON column (traits, properties)."""
@@ -161,8 +189,15 @@ class JsonValue(ValueRef):
         if isinstance(value, bool):
             return definite(self.type == ("true" if value else "false"))
         if isinstance(value, int | float):
-            return definite(and_(self._is_number(), self.value == self.backend.number(value)))
-        return definite(and_(self._is_text(), self.value == literal(value, String)))
+            equal = self.value == self.backend.number(value)
+            if value in (0, 1):  # json_extract reads true and false as 1 and 0
+                return definite(and_(self._is_number(), equal))
+            # Only a JSON number extracts to a number equal to this one: one JSON parse.
+            return definite(equal)
+        equal = self.value == literal(value, String)
+        if value.startswith(("[", "{")):  # objects and arrays extract as their JSON text
+            return definite(and_(self._is_text(), equal))
+        return definite(equal)
 
     def compare_number(self, op: str, value: Any) -> Bool:
         return number_comparison(self.number_value(), op, value, self.backend)
@@ -199,6 +234,20 @@ class JsonValue(ValueRef):
         if self.backend.sqlite:
             return case((self.type.in_(("text", "integer")), func.nurture_ts(self.value)))
         return func.nurture_ts(self.node)
+
+    def time_prefilter(self, low_us: int | None, high_us: int | None) -> Bool:
+        seconds: list[Bool] = []
+        number = self.number_value()
+        if low_us is not None:
+            seconds.append(number >= self.backend.number(low_us // 1_000_000 - 1))
+        if high_us is not None:
+            seconds.append(number <= self.backend.number(high_us // 1_000_000 + 1))
+        return or_(
+            and_(
+                self._is_text(), _text_prefilter(self.text(), low_us, high_us, self.backend.sqlite)
+            ),
+            and_(self._is_number(), *seconds),
+        )
 
     def same_as(self, other: JsonValue) -> Bool:
         """Type-strict equality of two scalars (for sequence steps' `same:`)."""
@@ -238,6 +287,9 @@ class TextColumn(ValueRef):
         if self.backend.sqlite:
             return func.nurture_ts(self.column)
         return func.nurture_ts(func.to_jsonb(self.column))
+
+    def time_prefilter(self, low_us: int | None, high_us: int | None) -> Bool:
+        return _text_prefilter(self.column, low_us, high_us, self.backend.sqlite)
 
 
 class TimeColumn(ValueRef):

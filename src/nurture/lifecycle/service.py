@@ -57,6 +57,9 @@ class LifecycleService:
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
         """Stage changes, oldest first: "who moved from engaged to at_risk last week"."""
+        with self.db.read() as conn:
+            if model not in self.engine.registry(conn).stage_models:
+                raise NotFound(f"stage model {model!r} does not exist", path="model")
         h = t.stage_changes.c
         where = [h.model == model]
         if from_stage is not None:

@@ -2,8 +2,8 @@
 changes, and one system event per change (`segment.entered`, `segment.exited`,
 `stage.changed`, `score.changed`) that journeys trigger on.
 
-System events get deterministic message ids, so writing the same change twice (a
-retried transaction) stores it once.
+A system event's message id names the history row it reports (`segment.entered:42`), so
+the two are written together or not at all, and each change is emitted exactly once.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, Table, delete, insert
 
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, one_of, upsert_rows
-from nurture.store.types import to_microseconds
 
 
 @dataclass
@@ -45,10 +44,12 @@ class Changes:
 
 
 def _system_event(
-    name: str, contact_id: int, now: datetime, key: str, props: dict[str, Any]
+    name: str, change_id: int, contact_id: int, now: datetime, props: dict[str, Any]
 ) -> dict[str, Any]:
     return {
-        "message_id": f"{name}:{key}:{contact_id}:{to_microseconds(now)}",
+        # One event per recorded change (its history row): a re-entry at the same instant
+        # is a change of its own.
+        "message_id": f"{name}:{change_id}",
         "type": "system",
         "event": name,
         "contact_id": contact_id,
@@ -70,9 +71,6 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
             [{"segment_key": k, "contact_id": c, "entered_at": now} for k, c in changes.entered],
             ignore_conflicts=True,
         )
-        events += [
-            _system_event("segment.entered", c, now, k, {"segment": k}) for k, c in changes.entered
-        ]
     if changes.exited:
         m = t.segment_memberships.c
         by_segment: dict[str, list[int]] = {}
@@ -85,14 +83,11 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
                         m.segment_key == key, one_of(conn, m.contact_id, ids[i : i + 10_000])
                     )
                 )
-        events += [
-            _system_event("segment.exited", c, now, k, {"segment": k}) for k, c in changes.exited
-        ]
     membership = [(k, c, "entered") for k, c in changes.entered] + [
         (k, c, "exited") for k, c in changes.exited
     ]
     if membership:
-        insert_rows(
+        ids = _history(
             conn,
             t.segment_changes,
             [
@@ -100,6 +95,10 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
                 for k, c, change in membership
             ],
         )
+        events += [
+            _system_event(f"segment.{change}", change_id, c, now, {"segment": k})
+            for (k, c, change), change_id in zip(membership, ids, strict=True)
+        ]
     if changes.stages:
         upsert_rows(
             conn,
@@ -110,7 +109,7 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
             ],
             keys=["model", "contact_id"],
         )
-        insert_rows(
+        ids = _history(
             conn,
             t.stage_changes,
             [
@@ -126,9 +125,9 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
         )
         events += [
             _system_event(
-                "stage.changed", c, now, model, {"model": model, "from": before, "to": to}
+                "stage.changed", change_id, c, now, {"model": model, "from": before, "to": to}
             )
-            for model, c, before, to in changes.stages
+            for (model, c, before, to), change_id in zip(changes.stages, ids, strict=True)
         ]
     if changes.scores:
         upsert_rows(
@@ -148,7 +147,7 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
         )
         crossed = [s for s in changes.scores if s[3] != s[4]]
         if crossed:
-            insert_rows(
+            ids = _history(
                 conn,
                 t.score_changes,
                 [
@@ -166,15 +165,21 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
             events += [
                 _system_event(
                     "score.changed",
+                    change_id,
                     c,
                     now,
-                    model,
                     {"model": model, "from": before, "to": to, "score": score},
                 )
-                for model, c, score, before, to in crossed
+                for (model, c, score, before, to), change_id in zip(crossed, ids, strict=True)
             ]
     if events:
         insert_rows(conn, t.events, events, ignore_conflicts=True)
+
+
+def _history(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert history rows; their ids, in the order given."""
+    result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+    return [int(i) for i in result.scalars()]
 
 
 def _drop(conn: Connection, contact_ids: Sequence[int]) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, func, select
 
 from nurture.clock import Clock
 from nurture.conditions.compile import SqlCompiler
-from nurture.conditions.computed import compute_state
+from nurture.conditions.computed import compute_state, computed_values
 from nurture.conditions.facts import ContactFacts, load_facts
 from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import Condition
@@ -205,8 +205,14 @@ class Engine:
         """Re-evaluate every definition for every contact (the scheduled run)."""
         report = EvaluationReport()
         self.refresh_computed_state()
-        with self.db.read() as conn:
+        with self.db.write() as conn:
             reg = self.registry(conn)
+            self._mark_problems(conn, reg)
+        report.segments += [
+            SegmentResult(key, error=problem)
+            for (kind, key), problem in sorted(reg.problems.items())
+            if kind == "segment"
+        ]
         first = [k for k in reg.order if k not in reg.uses_state]
         later = [k for k in reg.order if k in reg.uses_state]
         for key in first:
@@ -317,10 +323,19 @@ class Engine:
         return int(count), ids
 
     def contact_state(self, contact_id: int) -> dict[str, Any]:
-        """A contact's stored memberships, stages and scores."""
+        """A contact's stored memberships, stages and scores, and its computed traits now."""
+        now = self.clock.now()
         with self.db.read() as conn:
             m, s, sc = t.segment_memberships.c, t.contact_stages.c, t.contact_scores.c
+            reg = self.registry(conn)
+            computed: dict[str, Any] = {}
+            if reg.computed:
+                facts = load_facts(conn, [contact_id], event_names=reg.event_names, now=now)
+                if contact_id in facts:
+                    env = reg.env(now, self.computed_state(conn))
+                    computed = computed_values(facts[contact_id], env)
             return {
+                "computed": computed,
                 "segments": [
                     {"key": r.segment_key, "enteredAt": r.entered_at.isoformat()}
                     for r in conn.execute(

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from nurture.store import tables as t
-from nurture.store.bulk import one_of, upsert_rows
+from nurture.store.bulk import one_of
 
 
 def queue_evaluations(conn: Connection, contact_ids: Iterable[int], now: datetime) -> None:
@@ -23,7 +24,16 @@ def queue_evaluations(conn: Connection, contact_ids: Iterable[int], now: datetim
     this waits for it to commit, and then queues the contact afresh, so that events
     the evaluator could not see yet are evaluated in the next round."""
     rows = [{"contact_id": cid, "queued_at": now} for cid in sorted(set(contact_ids))]
-    upsert_rows(conn, t.pending_evaluations, rows, keys=["contact_id"])
+    if not rows:
+        return
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(t.pending_evaluations)
+    # Keep the first queued_at: a contact with constant traffic keeps its place in line.
+    # The update still takes the row lock, which is what orders us after an evaluator.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["contact_id"], set_={"queued_at": t.pending_evaluations.c.queued_at}
+    )
+    conn.execute(stmt, rows)
 
 
 def claim(conn: Connection, limit: int) -> dict[int, datetime]:
