@@ -14,6 +14,13 @@ one `anonymous_id` identity when a message carried one, traits merged from its i
 messages in time order and reserved traits read by the real `build_profile`. Where an
 import would use the wall clock, the world's own time stands in, as if ingested live:
 `received_at` = `timestamp`, a contact's `created_at`/`updated_at` = first/last seen.
+Checked against `nurture import` of the same 3,000-person world, on both backends: the
+same rows but for those ids and wall-clock times.
+
+Speed: about 65 µs of CPU per event, two thirds of it in the workers (the generator
+alone takes 15-27), so 10M events take about 11 minutes on the shared 2-core machine and
+should take 5-6 on an idle one. That is paid once: later calls reuse the database, found
+complete by the marker that `load_world` writes last in `meta`.
 
 Library use::
 

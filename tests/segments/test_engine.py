@@ -247,3 +247,25 @@ def test_segments_on_computed_traits_including_population_rfm(nurture: Nurture) 
     # And an operator that does not fit the trait's type is refused
     with pytest.raises(ValidationError, match="is a number: use one of"):
         nurture.segments.save({"key": "odd", "where": {"computed": "orders", "before": "3d ago"}})
+
+
+def test_an_event_arriving_during_an_evaluation_is_not_lost(nurture: Nurture) -> None:
+    # Given ann queued with two logins, and an evaluation that has read her facts
+    # (on SQLite the evaluator reads outside the write lock, as here)
+    nurture.segments.save(ENGAGED)
+    for days in (3, 2):
+        track(nurture, "ann", "Logged In", timedelta(days=days))
+    with nurture.db.read() as conn:
+        claimed = queue.claim(conn, 10, lock=False)
+        early = nurture.engine._evaluate(conn, sorted(claimed), nurture.clock.now())
+    # When her third login is stored before that evaluation writes
+    track(nurture, "ann", "Logged In", timedelta(days=1))
+    with nurture.db.write() as conn:
+        fresh = queue.unchanged(conn, claimed)
+        nurture.engine._write(conn, early, sorted(fresh), nurture.clock.now())
+    # Then the stale result is not written and she stays queued
+    assert fresh == set()
+    assert members(nurture, "engaged") == set()
+    # And the next round evaluates her with the third login
+    nurture.engine.evaluate_pending()
+    assert members(nurture, "engaged") == {contact_id(nurture, "ann")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
@@ -134,14 +135,15 @@ class Comparison(_Model):
             if name not in self._NOT_OPERATORS and getattr(self, _attr(name)) is not None
         ]
 
-    @property
+    # Cached: the evaluators ask for these once per contact and condition.
+    @cached_property
     def operator(self) -> str:
         given = self._given()
         if not given:
             raise AssertionError("validated comparisons have an operator")
         return given[0]
 
-    @property
+    @cached_property
     def operand(self) -> Any:
         return getattr(self, _attr(self.operator))
 

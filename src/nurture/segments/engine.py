@@ -50,6 +50,7 @@ log = logging.getLogger("nurture.segments")
 
 EVALUATION_LOCK = 7263554  # shared: real-time evaluations; exclusive: population runs
 CONTACT_LOCK = 7263555  # first key of the per-contact advisory locks
+_EPOCH = "evaluation_epoch"  # meta key: raised by every population write
 
 
 @dataclass
@@ -60,6 +61,16 @@ class SegmentResult:
     exited: int = 0
     error: str | None = None
     seconds: float = 0.0
+
+
+@dataclass
+class _Result:
+    """One evaluation of a batch of contacts, before it is written."""
+
+    registry: Registry
+    by_contact: dict[int, Changes] = field(default_factory=dict)
+    dropped: list[int] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,51 +114,91 @@ class Engine:
 
     # -- real time ----------------------------------------------------------------------
     def evaluate_pending(self, limit: int = 500) -> int:
-        """Evaluate up to `limit` queued contacts in one transaction; returns how many."""
+        """Evaluate up to `limit` queued contacts; returns how many were claimed.
+
+        On SQLite the facts are read and evaluated outside the write lock (ingest goes on
+        meanwhile), then the results are written in a short write transaction, only for
+        contacts that were not queued again in between; the others stay queued for the
+        next round. On PostgreSQL one transaction claims (SKIP LOCKED), locks, evaluates
+        and writes."""
         now = self.clock.now()
-        with self.db.write() as conn:
-            if not self.db.is_sqlite:
+        if self.db.is_sqlite:
+            with self.db.read() as conn:
+                claimed = queue.claim(conn, limit)
+                if not claimed:
+                    return 0
+                epoch = self._epoch(conn)
+                result = self._evaluate(conn, sorted(claimed), now)
+            with self.db.write() as conn:
+                if self._epoch(conn) != epoch:  # definitions or stored state moved
+                    result = self._evaluate(conn, sorted(claimed), now)
+                fresh = queue.unchanged(conn, claimed)
+                self._write(conn, result, sorted(fresh), now)
+        else:
+            with self.db.write() as conn:
                 conn.exec_driver_sql(
                     "SELECT pg_advisory_xact_lock_shared(%(k)s)", {"k": EVALUATION_LOCK}
                 )
-            claimed = queue.claim(conn, limit)
-            if not claimed:
-                return 0
-            ids = sorted(claimed)
-            self._lock_contacts(conn, ids)
-            changes = self.evaluate_contacts(conn, ids, now)
-            apply(conn, changes, now)
-            queue.done(conn, ids)
-        if self.on_evaluated:
+                claimed = queue.claim(conn, limit)
+                if not claimed:
+                    return 0
+                self._lock_contacts(conn, sorted(claimed))
+                result = self._evaluate(conn, sorted(claimed), now)
+                fresh = set(claimed)
+                self._write(conn, result, sorted(fresh), now)
+        if self.on_evaluated and fresh:
             done = self.clock.now()
             for listener in self.on_evaluated:
-                listener([done - queued for queued in claimed.values()])
-        return len(ids)
+                listener([done - claimed[cid].queued_at for cid in fresh])
+        return len(claimed)
+
+    def _epoch(self, conn: Connection) -> tuple[int, str | None]:
+        """Changes when definitions change or a population run writes."""
+        row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == _EPOCH)).first()
+        return DefinitionStore.version(conn), row[0] if row else None
+
+    def _bump_epoch(self, conn: Connection) -> None:
+        row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == _EPOCH)).first()
+        value = str(int(row[0]) + 1 if row else 1)
+        upsert_rows(conn, t.meta, [{"key": _EPOCH, "value": value}], keys=["key"])
 
     def _lock_contacts(self, conn: Connection, ids: list[int]) -> None:
-        if self.db.is_sqlite:
-            return
         for contact_id in sorted(ids):  # one order everywhere: no deadlocks
             conn.exec_driver_sql(
                 "SELECT pg_advisory_xact_lock(%(a)s, %(b)s)",
                 {"a": CONTACT_LOCK, "b": contact_id % 2_147_483_647},
             )
 
+    def _write(self, conn: Connection, result: _Result, ids: list[int], now: datetime) -> None:
+        """Write the results of `ids` and take them off the queue."""
+        changes = Changes(dropped=[i for i in result.dropped if i in set(ids)])
+        for contact_id in ids:
+            if contact_id in result.by_contact:
+                changes.extend(result.by_contact[contact_id])
+        apply(conn, changes, now)
+        queue.done(conn, ids)
+        self._mark_problems(conn, result.registry)
+        for key, error in result.failed.items():
+            log.warning("segment %s failed: %s", key, error)
+            DefinitionStore.mark(conn, "segment", key, error=error)
+
     def evaluate_contacts(self, conn: Connection, ids: list[int], now: datetime) -> Changes:
         """What evaluating these contacts now would change (nothing is written)."""
+        result = self._evaluate(conn, ids, now)
+        changes = Changes(dropped=list(result.dropped))
+        for contact_changes in result.by_contact.values():
+            changes.extend(contact_changes)
+        return changes
+
+    def _evaluate(self, conn: Connection, ids: list[int], now: datetime) -> _Result:
         reg = self.registry(conn)
-        self._mark_problems(conn, reg)
         env = reg.env(now, self.computed_state(conn))
         evaluate = Evaluator(env)
         facts = load_facts(conn, ids, event_names=reg.event_names, now=now)
-        changes = Changes(dropped=[i for i in ids if i not in facts])
-        failed: dict[str, str] = {}
+        result = _Result(reg, dropped=[i for i in ids if i not in facts])
         for contact in facts.values():
-            changes.extend(self._contact(reg, evaluate, contact, failed))
-        for key, error in failed.items():
-            log.warning("segment %s failed: %s", key, error)
-            DefinitionStore.mark(conn, "segment", key, error=error)
-        return changes
+            result.by_contact[contact.id] = self._contact(reg, evaluate, contact, result.failed)
+        return result
 
     def _contact(
         self, reg: Registry, evaluate: Evaluator, facts: ContactFacts, failed: dict[str, str]
@@ -272,6 +323,7 @@ class Engine:
                 exited=[(key, c) for c in sorted(current - members)],
             )
             apply(conn, changes, now)
+            self._bump_epoch(conn)
             DefinitionStore.mark(conn, "segment", key, error=None, evaluated_at=now)
         result.members = len(members)
         result.entered, result.exited = len(changes.entered), len(changes.exited)
@@ -301,6 +353,7 @@ class Engine:
                 # Memberships are the population run's job; keep only state changes here.
                 changes.entered, changes.exited, changes.dropped = [], [], []
                 apply(conn, changes, now)
+                self._bump_epoch(conn)
                 scores += len(changes.scores)
                 stages += len(changes.stages)
         return scores, stages

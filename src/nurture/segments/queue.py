@@ -8,6 +8,7 @@ no change of a contact goes unevaluated, and nothing waits in memory only.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, select
@@ -30,20 +31,40 @@ def queue_evaluations(conn: Connection, contact_ids: Iterable[int], now: datetim
     stmt = module.insert(t.pending_evaluations)
     # Keep the first queued_at: a contact with constant traffic keeps its place in line.
     # The update still takes the row lock, which is what orders us after an evaluator.
+    p = t.pending_evaluations.c
     stmt = stmt.on_conflict_do_update(
-        index_elements=["contact_id"], set_={"queued_at": t.pending_evaluations.c.queued_at}
+        index_elements=["contact_id"], set_={"queued_at": p.queued_at, "seq": p.seq + 1}
     )
     conn.execute(stmt, rows)
 
 
-def claim(conn: Connection, limit: int) -> dict[int, datetime]:
-    """The oldest queued contacts with when they were queued, locked for this
-    transaction (others skip them on PostgreSQL; SQLite's single writer needs no lock)."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    queued_at: datetime
+    seq: int
+
+
+def claim(conn: Connection, limit: int, *, lock: bool = True) -> dict[int, Claim]:
+    """The oldest queued contacts; on PostgreSQL locked for this transaction (others skip
+    them) unless `lock` is false."""
     p = t.pending_evaluations.c
-    query = select(p.contact_id, p.queued_at).order_by(p.queued_at, p.contact_id).limit(limit)
-    if conn.dialect.name == "postgresql":
+    query = select(p.contact_id, p.queued_at, p.seq).order_by(p.queued_at, p.contact_id)
+    query = query.limit(limit)
+    if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return {row.contact_id: row.queued_at for row in conn.execute(query)}
+    return {row.contact_id: Claim(row.queued_at, row.seq) for row in conn.execute(query)}
+
+
+def unchanged(conn: Connection, claimed: dict[int, Claim]) -> set[int]:
+    """The claimed contacts still queued as claimed: not re-queued (no new event) and not
+    evaluated by anyone else since."""
+    if not claimed:
+        return set()
+    p = t.pending_evaluations.c
+    rows = conn.execute(
+        select(p.contact_id, p.seq).where(one_of(conn, p.contact_id, list(claimed)))
+    )
+    return {row.contact_id for row in rows if row.seq == claimed[row.contact_id].seq}
 
 
 def done(conn: Connection, contact_ids: list[int]) -> None:

@@ -87,10 +87,12 @@ def register_sqlite_functions(dbapi_conn: object) -> None:
     )
 
 
-# The PostgreSQL twin: same grammar, NULL for anything that is not a valid date.
+# The PostgreSQL twin: same grammar, NULL for anything that is not a valid date. Not
+# parallel safe: its exception block is a subtransaction, which parallel workers cannot
+# start (a parallel query over a date trait failed with it declared safe).
 POSTGRES_FUNCTION = r"""
 CREATE OR REPLACE FUNCTION nurture_ts(value jsonb) RETURNS timestamptz
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+LANGUAGE plpgsql IMMUTABLE PARALLEL UNSAFE AS $fn$
 DECLARE
     m text[];
     result timestamptz;

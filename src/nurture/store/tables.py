@@ -284,6 +284,8 @@ pending_evaluations = Table(
     metadata,
     Column("contact_id", BigId, primary_key=True, autoincrement=False),
     Column("queued_at", UTCDateTime, nullable=False),
+    # Raised each time the contact is queued again before being evaluated.
+    Column("seq", Integer, nullable=False, server_default="0"),
     Index(None, "queued_at"),
 )
 
