@@ -26,6 +26,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import delete, text
 
 from bench.world_db import WorldInfo, world_info
@@ -335,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--only", nargs="*", default=["reference", "twenty", "realtime"])
     parser.add_argument("--seconds", type=float, default=30.0, help="Real-time run length")
+    parser.add_argument("--rate", type=int, default=1000, help="Real-time events per second")
     args = parser.parse_args(argv)
     info = world_info(args.backend, args.contacts, None)
     print(
@@ -347,12 +350,37 @@ def main(argv: list[str] | None = None) -> int:
     if "twenty" in args.only:
         results.append(bench_twenty(info))
     if "realtime" in args.only:
-        results.append(bench_realtime(info, seconds=args.seconds))
+        results.append(bench_realtime(info, seconds=args.seconds, rate=args.rate))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for result in results:
-        print(result)
-    print(f"peak RSS: {peak:.0f} MB (target 2048 MB)")
+    table = Table("benchmark", "backend", "figure", "target", "met?")
+    for r in results:
+        if "members" in r:
+            figure, met = f"{r['seconds']:.2f} s ({r['members']:,} members)", r["seconds"] <= 0.5
+            table.add_row(r["name"], args.backend, figure, "≤ 0.5 s", _yes(met))
+        elif "first_seconds" in r:
+            figure = (
+                f"{r['second_seconds']:.1f} s steady, {r['first_seconds']:.1f} s first "
+                f"({r['entered']:,} entries)"
+            )
+            table.add_row(
+                r["name"], args.backend, figure, "≤ 15 s", _yes(r["second_seconds"] <= 15)
+            )
+            for key, error in r["errors"]:
+                print(f"segment {key} failed: {error[:300]}")
+        else:
+            figure = (
+                f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms at {r['rate']:.0f} ev/s "
+                f"({r['evaluations']:,} of {r['events']:,} evaluated)"
+            )
+            met = r["p99_ms"] <= 20 and r["rate"] >= 950
+            table.add_row(r["name"], args.backend, figure, "p99 ≤ 20 ms at 1,000 ev/s", _yes(met))
+    table.add_row("peak RSS", args.backend, f"{peak:.0f} MB", "≤ 2,048 MB", _yes(peak <= 2048))
+    Console().print(table)
     return 0
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "**no**"
 
 
 if __name__ == "__main__":

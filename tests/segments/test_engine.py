@@ -269,3 +269,23 @@ def test_an_event_arriving_during_an_evaluation_is_not_lost(nurture: Nurture) ->
     # And the next round evaluates her with the third login
     nurture.engine.evaluate_pending()
     assert members(nurture, "engaged") == {contact_id(nurture, "ann")}
+
+
+def test_changing_a_segment_updates_those_built_on_it_and_used_definitions_stay(
+    nurture: Nurture,
+) -> None:
+    # Given a segment built on another, and a computed trait a segment uses
+    nurture.segments.save({"key": "pro", "where": {"trait": "plan", "eq": "pro"}})
+    nurture.segments.save({"key": "pro_child", "where": {"segment": "pro"}})
+    nurture.lifecycle.save("computed", "orders", {"kind": "count", "event": "Order Completed"})
+    nurture.segments.save({"key": "buyers", "where": {"computed": "orders", "gte": 1}})
+    nurture.ingest([{"type": "identify", "userId": "ann", "traits": {"plan": "team"}}])
+    nurture.engine.evaluate_pending()
+    assert members(nurture, "pro_child") == set()
+    # When the parent changes
+    nurture.segments.save({"key": "pro", "where": {"trait": "plan", "in": ["pro", "team"]}})
+    # Then the child follows without waiting for the scheduled run
+    assert members(nurture, "pro_child") == {contact_id(nurture, "ann")}
+    # And a computed trait in use cannot be deleted
+    with pytest.raises(Conflict, match="used by segment buyers"):
+        nurture.lifecycle.delete("computed", "orders")

@@ -143,10 +143,21 @@ class LifecycleService:
         return stored.to_dict()
 
     def delete(self, kind: str, key: str) -> None:
+        """Delete a definition nothing else in force uses."""
         _check_kind(kind)
         with self.db.write() as conn:
-            if not DefinitionStore.delete(conn, kind, key):
+            stored = DefinitionStore.all(conn)
+            if not any((d.kind, d.key) == (kind, key) for d in stored):
                 raise NotFound(f"{kind} {key!r} does not exist", path="key")
+            before = Registry.build(stored).problems
+            after = Registry.build([d for d in stored if (d.kind, d.key) != (kind, key)]).problems
+            broken = sorted(f"{k} {name}" for (k, name) in after.keys() - before.keys())
+            if broken:
+                raise Conflict(
+                    f"{kind} {key!r} is used by {', '.join(broken)}; change those first",
+                    path="key",
+                )
+            DefinitionStore.delete(conn, kind, key)
             if kind == "stage_model":
                 conn.execute(t.contact_stages.delete().where(t.contact_stages.c.model == key))
             elif kind == "score_model":

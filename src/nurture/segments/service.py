@@ -84,6 +84,14 @@ class SegmentService:
             )
         if evaluate:
             self.engine.evaluate_segment(segment.key)
+            # Segments built on this one follow at once, in dependency order.
+            with self.db.read() as conn:
+                reg = self.engine.registry(conn)
+            changed = {segment.key}
+            for other in reg.order:
+                if other not in changed and _segments_used(reg.segments[other].where) & changed:
+                    self.engine.evaluate_segment(other)
+                    changed.add(other)
         return self.get(segment.key)
 
     def check(self, conn: Any, key: str, body: dict[str, Any]) -> None:
