@@ -41,6 +41,7 @@ from nurture.conditions.computed import computed_values
 from nurture.conditions.durations import parse_date_ref
 from nurture.conditions.facts import load_facts
 from nurture.core import Nurture
+from nurture.project import Project
 from nurture.errors import ValidationError
 from nurture.lifecycle import presets
 from nurture.project import FOLDERS, Project
@@ -548,7 +549,7 @@ def test_scenario_computed(nurture: Nurture, clock: SimulatedClock) -> None:
 
 
 def test_scenario_failure(
-    nurture: Nurture, clock: SimulatedClock, client: TestClient, admin_key: str
+    nurture: Nurture, clock: SimulatedClock, client: TestClient, admin_key: str, tmp_path: Path
 ) -> None:
     api = Api(client, admin_key)
 
@@ -559,9 +560,14 @@ def test_scenario_failure(
     # Given the customer-values world, and a segment built on repeat_buyers
     computed_world(nurture)
     nurture.segments.save({"key": "repeat_pro", "where": {"segment": "repeat_buyers"}})
-    # When the trait repeat_buyers reads is deleted at 12:05
+    # Then the trait repeat_buyers reads cannot be deleted through the API
+    refused = api("DELETE", "/api/definitions/computed/orders", 409)
+    assert "is used by segment repeat_buyers" in refused["error"]["message"]
+    # When it was a project file's, and `nurture apply` runs without that file at 12:05
+    nurture.lifecycle.save("computed", "orders", definition("computed", "orders"), source="file")
     advance_to(nurture, clock, at(3, 1, 12, 5))
-    nurture.lifecycle.delete("computed", "orders")  # DELETE /api/definitions/computed/orders
+    plan = Project(tmp_path, nurture.db, nurture.clock).apply()
+    assert [(d.kind, d.key) for d in plan.remove] == [("computed", "orders")]
     # Then nothing is evaluated yet
     assert listed()["status"] == "active"
     # When Bob orders again at 12:08
