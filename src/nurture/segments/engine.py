@@ -192,6 +192,8 @@ class Engine:
 
     def _evaluate(self, conn: Connection, ids: list[int], now: datetime) -> _Result:
         reg = self.registry(conn)
+        if not (reg.segments or reg.stage_models or reg.score_models or reg.problems):
+            return _Result(reg)  # nothing to evaluate: the batch only leaves the queue
         env = reg.env(now, self.computed_state(conn))
         evaluate = Evaluator(env)
         facts = load_facts(conn, ids, event_names=reg.event_names, now=now)
