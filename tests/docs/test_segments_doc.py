@@ -41,7 +41,6 @@ from nurture.conditions.computed import computed_values
 from nurture.conditions.durations import parse_date_ref
 from nurture.conditions.facts import load_facts
 from nurture.core import Nurture
-from nurture.project import Project
 from nurture.errors import ValidationError
 from nurture.lifecycle import presets
 from nurture.project import FOLDERS, Project

@@ -2,6 +2,7 @@
 them. Storing stages and scores, and emitting `stage.changed` when they change, is the
 evaluation engine's work."""
 
+from nurture.conditions.references import References
 from nurture.lifecycle.presets import PRESETS, SCORE_PRESETS, preset, score_preset
 from nurture.lifecycle.scoring import (
     ConditionRule,
@@ -12,7 +13,7 @@ from nurture.lifecycle.scoring import (
     Temperature,
     parse_score_model,
 )
-from nurture.lifecycle.stages import References, Stage, StageModel, parse_stage_model
+from nurture.lifecycle.stages import Stage, StageModel, parse_stage_model
 
 __all__ = [
     "PRESETS",

@@ -62,8 +62,9 @@ from nurture.conditions.model import (
     walk,
     window_us,
 )
+from nurture.conditions.references import References, condition_references
 from nurture.errors import ValidationError
-from nurture.lifecycle.stages import References, condition_references, join_path
+from nurture.lifecycle.stages import join_path
 from nurture.segments.definitions import check_key
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -42,7 +42,7 @@ class LifecycleService:
                 stage: int(n)
                 for stage, n in conn.execute(
                     select(s.stage, func.count()).where(s.model == model).group_by(s.stage)
-                ).tuples()
+                ).all()
             }
         return {key: int(found.get(key, 0)) for key in reg.stage_models[model].keys}
 

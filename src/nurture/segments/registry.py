@@ -15,17 +15,14 @@ from typing import Any
 from nurture.conditions.computed import ComputedTrait, parse_computed
 from nurture.conditions.env import Env
 from nurture.conditions.model import (
-    AggregateCondition,
     ComputedCondition,
     Condition,
-    EventCondition,
     ScoreCondition,
     SegmentCondition,
-    SequenceCondition,
     StageCondition,
-    TrendCondition,
     walk,
 )
+from nurture.conditions.references import condition_references
 from nurture.errors import NurtureError
 from nurture.lifecycle.scoring import ConditionRule, EventRule, ScoreModel, parse_score_model
 from nurture.lifecycle.stages import StageModel, parse_stage_model
@@ -124,7 +121,7 @@ class Registry:
         self.uses_state = self._state_users()
         self.event_names = set()
         for _, condition in self.conditions():
-            self.event_names |= events_of(condition)
+            self.event_names |= condition_references([condition]).events
         for trait in self.computed.values():
             self.event_names |= trait.event_names()
         for scoring in self.score_models.values():
@@ -168,11 +165,7 @@ class Registry:
         return None
 
     def _uses(self, key: str) -> list[str]:
-        return [
-            node.segment
-            for node in walk(self.segments[key].where)
-            if isinstance(node, SegmentCondition)
-        ]
+        return sorted(condition_references([self.segments[key].where]).segments)
 
     def _cycles(self) -> list[tuple[Ref, str]]:
         found: list[tuple[Ref, str]] = []
@@ -234,14 +227,3 @@ class Registry:
             computed=self.computed,
             computed_state=computed_state or {},
         )
-
-
-def events_of(condition: Condition) -> set[tuple[str, str]]:
-    """The (type, name) pairs of events a condition reads; name `*` for any name."""
-    names: set[tuple[str, str]] = set()
-    for node in walk(condition):
-        if isinstance(node, EventCondition | AggregateCondition | TrendCondition):
-            names.add((node.type, node.event))
-        elif isinstance(node, SequenceCondition):
-            names |= {(step.type, step.name) for step in node.sequence}
-    return names

@@ -11,6 +11,7 @@ from sqlalchemy import and_, func, select
 
 from nurture.clock import Clock
 from nurture.conditions.model import dump_condition, parse_condition
+from nurture.conditions.references import condition_references
 from nurture.errors import NotFound, NurtureError, ValidationError
 from nurture.segments.definitions import DefinitionStore, StoredDefinition, parse_segment
 from nurture.segments.engine import Engine, SegmentResult
@@ -47,7 +48,7 @@ class SegmentService:
                 key: int(n)
                 for key, n in conn.execute(
                     select(m.segment_key, func.count()).group_by(m.segment_key)
-                ).tuples()
+                ).all()
             }
         return [{**d.to_dict(), "members": counts.get(d.key, 0)} for d in stored]
 
@@ -89,7 +90,10 @@ class SegmentService:
                 reg = self.engine.registry(conn)
             changed = {segment.key}
             for other in reg.order:
-                if other not in changed and _segments_used(reg.segments[other].where) & changed:
+                if (
+                    other not in changed
+                    and condition_references([reg.segments[other].where]).segments & changed
+                ):
                     self.engine.evaluate_segment(other)
                     changed.add(other)
         return self.get(segment.key)
@@ -116,7 +120,8 @@ class SegmentService:
         ]
         problem = Registry.build(trial).problems.get(("segment", key))
         if problem:
-            raise ValidationError(problem, path="where", code="unknown_reference")
+            code = "segment_cycle" if "form a cycle" in problem else "unknown_reference"
+            raise ValidationError(problem, path="where", code=code)
 
     def delete(self, key: str) -> None:
         with self.db.write() as conn:
@@ -127,7 +132,7 @@ class SegmentService:
             users = sorted(
                 other
                 for other, segment in reg.segments.items()
-                if other != key and key in _segments_used(segment.where)
+                if other != key and key in condition_references([segment.where]).segments
             )
             if users:
                 raise Conflict(
@@ -210,9 +215,3 @@ class SegmentService:
                 {"contactId": r.contact_id, "change": r.change, "at": r.changed_at.isoformat()}
                 for r in rows
             ]
-
-
-def _segments_used(condition: Any) -> set[str]:
-    from nurture.conditions.model import SegmentCondition, walk
-
-    return {n.segment for n in walk(condition) if isinstance(n, SegmentCondition)}
