@@ -34,10 +34,12 @@ from sqlalchemy import Connection, func, select
 from nurture.clock import Clock
 from nurture.conditions.compile import SqlCompiler
 from nurture.conditions.computed import compute_state, computed_values
+from nurture.conditions.env import Env
 from nurture.conditions.facts import ContactFacts, load_facts
 from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import Condition
 from nurture.errors import NotFound, ValidationError
+from nurture.lifecycle.scoring import EventRule
 from nurture.segments import queue
 from nurture.segments.changes import Changes, apply
 from nurture.segments.definitions import DefinitionStore
@@ -333,32 +335,100 @@ class Engine:
         return result
 
     def _evaluate_state(self, batch: int = 1000) -> tuple[int, int]:
-        """Scores and stages for every contact that has any (in memory, in batches)."""
+        """Scores, then stages, for the whole population: returns (score changes, stage
+        changes). Scores are computed in memory for the contacts that can have one (a score
+        row already, an event a rule counts, or a rule's condition true); stages in SQL."""
+        return self._evaluate_scores(batch), self._evaluate_stages()
+
+    def _evaluate_scores(self, batch: int) -> int:
         with self.db.read() as conn:
             reg = self.registry(conn)
-            if not reg.score_models and not reg.stage_models:
-                return 0, 0
-            c = t.contacts.c
-            ids = list(
-                conn.execute(select(c.id).where(c.merged_into.is_(None)).order_by(c.id)).scalars()
-            )
-        scores = stages = 0
-        for i in range(0, len(ids), batch):
+            if not reg.score_models:
+                return 0
+            env = reg.env(self.clock.now(), self.computed_state(conn))
+            candidates = self._score_candidates(conn, reg, env)
+        changed = 0
+        for i in range(0, len(candidates), batch):
             now = self.clock.now()
+            chunk = candidates[i : i + batch]
             with self.db.write() as conn:
                 if not self.db.is_sqlite:
                     conn.exec_driver_sql(
                         "SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK}
                     )
-                chunk = ids[i : i + batch]
-                changes = self.evaluate_contacts(conn, chunk, now)
-                # Memberships are the population run's job; keep only state changes here.
-                changes.entered, changes.exited, changes.dropped = [], [], []
+                    self._lock_contacts(conn, chunk)
+                reg = self.registry(conn)
+                env = reg.env(now, self.computed_state(conn))
+                evaluate = Evaluator(env)
+                changes = Changes()
+                for facts in load_facts(conn, chunk, event_names=reg.event_names, now=now).values():
+                    for key, scoring in reg.score_models.items():
+                        zero = env.temperature_of(key, 0.0)
+                        old_score, old_temperature = facts.scores.get(key, (0.0, zero))
+                        result = scoring.score(facts, evaluate)
+                        if (result.score, result.temperature) != (old_score, old_temperature):
+                            changes.scores.append(
+                                (key, facts.id, result.score, old_temperature, result.temperature)
+                            )
                 apply(conn, changes, now)
                 self._bump_epoch(conn)
-                scores += len(changes.scores)
-                stages += len(changes.stages)
-        return scores, stages
+                changed += len(changes.scores)
+        return changed
+
+    def _score_candidates(self, conn: Connection, reg: Registry, env: Env) -> list[int]:
+        """Live contacts whose score can be other than 0: those with a stored score, an
+        event some rule counts, or a rule condition that holds."""
+        compiler = SqlCompiler(env, self.db.backend)
+        c, sc = t.contacts.c, t.contact_scores.c
+        found: set[int] = set(conn.execute(select(sc.contact_id).distinct()).scalars())
+        for scoring in reg.score_models.values():
+            for rule in scoring.rules:
+                if isinstance(rule, EventRule):
+                    alias = t.events.alias("r")
+                    since = None
+                    if rule.within_last is not None:
+                        since = compiler.now_us - rule.within_last // timedelta(microseconds=1)
+                    where = compiler.event_match(alias, rule.event, rule.type, rule.where, since)
+                    found.update(
+                        conn.execute(select(alias.c.contact_id).where(*where).distinct()).scalars()
+                    )
+                else:
+                    found.update(conn.execute(compiler.members(rule.when)).scalars())
+        if not found:
+            return []
+        live = set(conn.execute(select(c.id).where(c.merged_into.is_(None))).scalars())
+        return sorted(found & live)
+
+    def _evaluate_stages(self) -> int:
+        now = self.clock.now()
+        with self.db.write() as conn:
+            reg = self.registry(conn)
+            if not reg.stage_models:
+                return 0
+            if not self.db.is_sqlite:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
+            env = reg.env(now, self.computed_state(conn))
+            compiler = SqlCompiler(env, self.db.backend)
+            c, s = t.contacts.c, t.contact_stages.c
+            changes = Changes()
+            for key, model in reg.stage_models.items():
+                live = c.merged_into.is_(None)
+                now_stage: dict[int, str] = {
+                    int(row[0]): str(row[1])
+                    for row in conn.execute(select(c.id, model.sql_stage(compiler)).where(live))
+                }
+                stored: dict[int, str] = {
+                    int(row[0]): str(row[1])
+                    for row in conn.execute(select(s.contact_id, s.stage).where(s.model == key))
+                }
+                changes.stages += [
+                    (key, contact_id, stored.get(contact_id), stage)
+                    for contact_id, stage in sorted(now_stage.items())
+                    if stored.get(contact_id) != stage
+                ]
+            apply(conn, changes, now)
+            self._bump_epoch(conn)
+        return len(changes.stages)
 
     # -- previews -------------------------------------------------------------------------
     def preview(self, condition: Condition, *, sample: int = 10) -> tuple[int, list[int]]:
