@@ -173,7 +173,8 @@ class Engine:
 
     def _write(self, conn: Connection, result: _Result, ids: list[int], now: datetime) -> None:
         """Write the results of `ids` and take them off the queue."""
-        changes = Changes(dropped=[i for i in result.dropped if i in set(ids)])
+        wanted = set(ids)
+        changes = Changes(dropped=[i for i in result.dropped if i in wanted])
         for contact_id in ids:
             if contact_id in result.by_contact:
                 changes.extend(result.by_contact[contact_id])
