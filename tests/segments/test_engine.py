@@ -289,3 +289,25 @@ def test_changing_a_segment_updates_those_built_on_it_and_used_definitions_stay(
     # And a computed trait in use cannot be deleted
     with pytest.raises(Conflict, match="used by segment buyers"):
         nurture.lifecycle.delete("computed", "orders")
+
+
+def test_a_population_run_leaves_contacts_whose_events_changed_meanwhile_to_real_time(
+    nurture: Nurture,
+) -> None:
+    # Given a segment, ann with two logins (not a member), and a population run that has
+    # read the members (on SQLite it reads outside the write lock, as here)
+    nurture.segments.save(ENGAGED)
+    for days in (3, 2):
+        track(nurture, "ann", "Logged In", timedelta(days=days))
+    nurture.engine.evaluate_pending()
+    now = nurture.clock.now()
+    with nurture.db.read() as conn:
+        read = nurture.engine._population_read(conn, "engaged", now)
+    # When her third login is stored before the run writes
+    track(nurture, "ann", "Logged In", timedelta(days=1))
+    nurture.engine.evaluate_pending()  # real time: she enters
+    with nurture.db.write() as conn:
+        result = nurture.engine._population_write(conn, read, now, 0.0)
+    # Then the run's older snapshot does not take her out again
+    assert result.exited == 0
+    assert members(nurture, "engaged") == {contact_id(nurture, "ann")}

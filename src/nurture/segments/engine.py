@@ -76,6 +76,17 @@ class _Result:
 
 
 @dataclass
+class _PopulationRead:
+    """A segment's members by SQL, from one snapshot, before they are written."""
+
+    key: str
+    members: set[int] = field(default_factory=set)
+    newest_event: int = 0
+    problem: str | None = None  # the definition does not resolve
+    error: str | None = None  # the query failed
+
+
+@dataclass
 class EvaluationReport:
     segments: list[SegmentResult] = field(default_factory=list)
     stage_changes: int = 0
@@ -292,45 +303,76 @@ class Engine:
             upsert_rows(conn, t.evaluation_state, rows, keys=["key"])
 
     def evaluate_segment(self, key: str) -> SegmentResult:
-        """Evaluate one segment for the whole population in SQL and store the diff."""
+        """Evaluate one segment for the whole population in SQL and store the diff.
+
+        On PostgreSQL the query and the write run in one transaction holding the
+        evaluation lock exclusively. On SQLite the query runs in a read transaction, so
+        ingest is not held up by it; the write then leaves out the contacts whose events
+        changed since (they are queued and evaluated in real time with the newer data)."""
         now = self.clock.now()
         started = self.clock.monotonic()
-        result = SegmentResult(key)
+        if self.db.is_sqlite:
+            with self.db.read() as conn:
+                read = self._population_read(conn, key, now)
+            with self.db.write() as conn:
+                return self._population_write(conn, read, now, started)
         with self.db.write() as conn:
-            if not self.db.is_sqlite:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
-            reg = self.registry(conn)
-            self._mark_problems(conn, reg)
-            problem = reg.problems.get(("segment", key))
-            if problem is not None:
-                result.error = problem
-                return result
-            segment = reg.segments.get(key)
-            if segment is None:
-                raise NotFound(f"segment {key!r} does not exist", path="key")
-            env = reg.env(now, self.computed_state(conn))
-            try:
-                with conn.begin_nested():
-                    members: set[int] = set(
-                        conn.execute(
-                            SqlCompiler(env, self.db.backend).members(segment.where)
-                        ).scalars()
-                    )
-            except Exception as exc:
-                result.error = f"{type(exc).__name__}: {exc}"
-                log.warning("segment %s failed: %s", key, result.error)
-                DefinitionStore.mark(conn, "segment", key, error=result.error, evaluated_at=now)
-                return result
-            m = t.segment_memberships.c
-            current = set(conn.execute(select(m.contact_id).where(m.segment_key == key)).scalars())
-            changes = Changes(
-                entered=[(key, c) for c in sorted(members - current)],
-                exited=[(key, c) for c in sorted(current - members)],
-            )
-            apply(conn, changes, now)
-            self._bump_epoch(conn)
-            DefinitionStore.mark(conn, "segment", key, error=None, evaluated_at=now)
-        result.members = len(members)
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
+            return self._population_write(conn, self._population_read(conn, key, now), now, started)
+
+    def _population_read(self, conn: Connection, key: str, now: datetime) -> _PopulationRead:
+        """The segment's members now, by SQL, and the newest event id this snapshot saw."""
+        read = _PopulationRead(key)
+        reg = self.registry(conn)
+        read.problem = reg.problems.get(("segment", key))
+        if read.problem is not None:
+            return read
+        segment = reg.segments.get(key)
+        if segment is None:
+            raise NotFound(f"segment {key!r} does not exist", path="key")
+        env = reg.env(now, self.computed_state(conn))
+        read.newest_event = int(
+            conn.execute(select(func.coalesce(func.max(t.events.c.id), 0))).scalar_one()
+        )
+        try:
+            with conn.begin_nested():
+                query = SqlCompiler(env, self.db.backend).members(segment.where)
+                read.members = set(conn.execute(query).scalars())
+        except Exception as exc:
+            read.error = f"{type(exc).__name__}: {exc}"
+        return read
+
+    def _population_write(
+        self, conn: Connection, read: _PopulationRead, now: datetime, started: float
+    ) -> SegmentResult:
+        key = read.key
+        result = SegmentResult(key)
+        self._mark_problems(conn, self.registry(conn))
+        if read.problem is not None:
+            result.error = read.problem
+            return result
+        if read.error is not None:
+            result.error = read.error
+            log.warning("segment %s failed: %s", key, read.error)
+            DefinitionStore.mark(conn, "segment", key, error=read.error, evaluated_at=now)
+            return result
+        m, e = t.segment_memberships.c, t.events.c
+        current = set(conn.execute(select(m.contact_id).where(m.segment_key == key)).scalars())
+        # Contacts with events newer than the snapshot (none on PostgreSQL, where both
+        # steps share one locked transaction) are left to real-time evaluation.
+        changed = set(
+            conn.execute(
+                select(e.contact_id).where(e.id > read.newest_event, e.type != "system").distinct()
+            ).scalars()
+        )
+        changes = Changes(
+            entered=[(key, c) for c in sorted(read.members - current - changed)],
+            exited=[(key, c) for c in sorted(current - read.members - changed)],
+        )
+        apply(conn, changes, now)
+        self._bump_epoch(conn)
+        DefinitionStore.mark(conn, "segment", key, error=None, evaluated_at=now)
+        result.members = len(read.members)
         result.entered, result.exited = len(changes.entered), len(changes.exited)
         result.seconds = self.clock.monotonic() - started
         return result
