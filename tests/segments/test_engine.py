@@ -311,3 +311,13 @@ def test_a_population_run_leaves_contacts_whose_events_changed_meanwhile_to_real
     # Then the run's older snapshot does not take her out again
     assert result.exited == 0
     assert members(nurture, "engaged") == {contact_id(nurture, "ann")}
+
+
+def test_system_events_show_in_the_contacts_timeline(nurture: Nurture) -> None:
+    nurture.segments.save({"key": "buyers", "where": {"event": "Order Completed"}})
+    track(nurture, "ann", "Order Completed", total=5)
+    nurture.engine.evaluate_pending()
+    page = nurture.contacts.timeline(contact_id(nurture, "ann"), type="system")
+    assert [(e["event"], e["properties"]) for e in page["items"]] == [
+        ("segment.entered", {"segment": "buyers"})
+    ]

@@ -38,6 +38,9 @@ _PHONE_LIKE = re.compile(r"^\+?[\d\s().\-]{3,}$")
 Doc = dict[str, Any]
 AnyRow = Row[*tuple[Any, ...]]
 
+# What a timeline holds: the messages ingested, and the changes evaluation emitted.
+TIMELINE_TYPES = (*MESSAGE_TYPES, "system")
+
 
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
@@ -297,8 +300,8 @@ class ContactService:
         _check_limit(limit)
         if event is not None and "\x00" in event:
             raise ValidationError("must not contain NUL characters", path="event")
-        if type is not None and type not in MESSAGE_TYPES:
-            raise ValidationError(f"must be one of {', '.join(MESSAGE_TYPES)}", path="type")
+        if type is not None and type not in TIMELINE_TYPES:
+            raise ValidationError(f"must be one of {', '.join(TIMELINE_TYPES)}", path="type")
         e = t.events.c
         with self.db.read() as conn:
             live = live_contact(conn, contact_id).id
