@@ -14,10 +14,11 @@ Two paths, one meaning (the two evaluators of the condition language):
 A definition that fails (does not parse, refers to something missing, or raises while
 evaluating) is marked failed with its error and skipped; the others go on.
 
-On PostgreSQL, real-time evaluations take a shared advisory lock and a lock per contact;
-a whole-population evaluation of one segment takes the lock exclusively, so that its
-diff is never computed from a snapshot that a real-time evaluation has since overtaken.
-On SQLite the single write transaction gives the same order.
+On PostgreSQL, real-time evaluations take a shared advisory lock and a lock per contact,
+and the writes of a population run take it exclusively. On SQLite both paths evaluate
+outside the write lock. A population run's query runs without locks; its write leaves out
+contacts whose events are newer than the query's snapshot, so it never overwrites what a
+real-time evaluation decided with newer data.
 """
 
 from __future__ import annotations
@@ -305,20 +306,19 @@ class Engine:
     def evaluate_segment(self, key: str) -> SegmentResult:
         """Evaluate one segment for the whole population in SQL and store the diff.
 
-        On PostgreSQL the query and the write run in one transaction holding the
-        evaluation lock exclusively. On SQLite the query runs in a read transaction, so
-        ingest is not held up by it; the write then leaves out the contacts whose events
-        changed since (they are queued and evaluated in real time with the newer data)."""
+        The query runs in a read transaction, holding no lock, so neither ingest nor
+        real-time evaluation waits for it. The write then takes the write lock (SQLite) or
+        the evaluation lock exclusively (PostgreSQL) and leaves out the contacts whose
+        events changed since the query's snapshot: they are queued, and real-time
+        evaluation decides them with the newer data."""
         now = self.clock.now()
         started = self.clock.monotonic()
-        if self.db.is_sqlite:
-            with self.db.read() as conn:
-                read = self._population_read(conn, key, now)
-            with self.db.write() as conn:
-                return self._population_write(conn, read, now, started)
+        with self.db.read() as conn:
+            read = self._population_read(conn, key, now)
         with self.db.write() as conn:
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
-            return self._population_write(conn, self._population_read(conn, key, now), now, started)
+            if not self.db.is_sqlite:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
+            return self._population_write(conn, read, now, started)
 
     def _population_read(self, conn: Connection, key: str, now: datetime) -> _PopulationRead:
         """The segment's members now, by SQL, and the newest event id this snapshot saw."""
@@ -358,8 +358,9 @@ class Engine:
             return result
         m, e = t.segment_memberships.c, t.events.c
         current = set(conn.execute(select(m.contact_id).where(m.segment_key == key)).scalars())
-        # Contacts with events newer than the snapshot (none on PostgreSQL, where both
-        # steps share one locked transaction) are left to real-time evaluation.
+        # Contacts with events newer than the snapshot are left to real-time evaluation.
+        # (Ingest transactions run one at a time on both backends, so event ids grow in
+        # commit order and "newer than the snapshot" is "id above its newest".)
         changed = set(
             conn.execute(
                 select(e.contact_id).where(e.id > read.newest_event, e.type != "system").distinct()
