@@ -321,3 +321,36 @@ def test_system_events_show_in_the_contacts_timeline(nurture: Nurture) -> None:
     assert [(e["event"], e["properties"]) for e in page["items"]] == [
         ("segment.entered", {"segment": "buyers"})
     ]
+
+
+def test_real_time_re_evaluates_only_what_the_arrived_events_can_change(
+    nurture: Nurture, clock: SimulatedClock
+) -> None:
+    # Given segments on logins, on orders (by their absence) and on a trait
+    nurture.segments.save(
+        {"key": "recent_login", "where": {"event": "Logged In", "within_last": "1d"}}
+    )
+    nurture.segments.save({"key": "never_ordered", "where": {"not": {"event": "Order Completed"}}})
+    nurture.segments.save({"key": "pro", "where": {"trait": "plan", "eq": "pro"}})
+    # When a new contact logs in: a new contact is evaluated on everything
+    track(nurture, "ann", "Logged In")
+    nurture.engine.evaluate_pending()
+    ann = contact_id(nurture, "ann")
+    assert members(nurture, "recent_login") == {ann}
+    assert members(nurture, "never_ordered") == {ann}
+    # When two days pass and she uses a feature (an event no segment reads)
+    clock.advance(timedelta(days=2))
+    track(nurture, "ann", "Feature Used")
+    nurture.engine.evaluate_pending()
+    # Then nothing is re-evaluated: the login window's end is the scheduled run's to see
+    assert members(nurture, "recent_login") == {ann}
+    # When she becomes pro and orders
+    nurture.ingest([{"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}])
+    track(nurture, "ann", "Order Completed", total=9)
+    nurture.engine.evaluate_pending()
+    # Then the segments those read follow at once, and the schedule catches the rest
+    assert members(nurture, "pro") == {ann}
+    assert members(nurture, "never_ordered") == set()
+    assert members(nurture, "recent_login") == {ann}
+    nurture.engine.evaluate_all()
+    assert members(nurture, "recent_login") == set()

@@ -85,6 +85,8 @@ class Resolver:
     merges: list[PendingMerge] = field(default_factory=list)
     # Contacts merged into others by this batch (written by flush): now tombstones.
     merged: list[int] = field(default_factory=list)
+    # Contacts created or merged into by this batch: evaluated on everything next time.
+    renewed: set[int] = field(default_factory=set)
     _next_key: int = -1
     _real: dict[int, int] = field(default_factory=dict)
 
@@ -390,12 +392,14 @@ class Resolver:
         for s, row, new_id in zip(new, rows, allocate_ids(self.conn, len(rows)), strict=True):
             row["id"] = new_id
             self._real[s.key] = new_id
+            self.renewed.add(new_id)
         insert_rows(self.conn, t.contacts, rows)
 
     def _apply_merge(self, merge: PendingMerge) -> None:
         into = self.real_id(merge.winner)
         loser = merge.loser
         self.merged.append(loser)
+        self.renewed.add(into)
         self.conn.execute(
             update(t.events).where(t.events.c.contact_id == loser).values(contact_id=into)
         )

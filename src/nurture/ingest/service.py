@@ -272,8 +272,18 @@ class IngestStore:
             raise DuplicateFound("a message of this batch is stored already")
         if groups:
             self._store_groups(conn, groups, resolver, now)
-        touched = {cast(int, row["contact_id"]) for row in rows}
-        queue_evaluations(conn, touched | set(resolver.merged), now)
+        arrived = {
+            (cast(int, row["contact_id"]), cast(str, row["type"]), cast(str, row["event"] or ""))
+            for row in rows
+        }
+        touched = {contact for contact, _, _ in arrived}
+        queue_evaluations(
+            conn,
+            touched | set(resolver.merged),
+            now,
+            arrived=arrived,
+            full=resolver.renewed | set(resolver.merged),
+        )
         return set(unique)
 
     def _store_groups(

@@ -142,10 +142,11 @@ class Engine:
                 if not claimed:
                     return 0
                 epoch = self._epoch(conn)
-                result = self._evaluate(conn, sorted(claimed), now)
+                arrived = self._arrived(conn, claimed)
+                result = self._evaluate(conn, sorted(claimed), now, arrived)
             with self.db.write() as conn:
                 if self._epoch(conn) != epoch:  # definitions or stored state moved
-                    result = self._evaluate(conn, sorted(claimed), now)
+                    result = self._evaluate(conn, sorted(claimed), now, arrived)
                 fresh = queue.unchanged(conn, claimed)
                 self._write(conn, result, sorted(fresh), now)
         else:
@@ -157,7 +158,7 @@ class Engine:
                 if not claimed:
                     return 0
                 self._lock_contacts(conn, sorted(claimed))
-                result = self._evaluate(conn, sorted(claimed), now)
+                result = self._evaluate(conn, sorted(claimed), now, self._arrived(conn, claimed))
                 fresh = set(claimed)
                 self._write(conn, result, sorted(fresh), now)
         if self.on_evaluated and fresh:
@@ -165,6 +166,14 @@ class Engine:
             for listener in self.on_evaluated:
                 listener([done - claimed[cid].queued_at for cid in fresh])
         return len(claimed)
+
+    def _arrived(
+        self, conn: Connection, claimed: dict[int, queue.Claim]
+    ) -> dict[int, set[tuple[str, str]]]:
+        """What arrived for each claimed contact that needs no full evaluation (a contact
+        queued without a record of what arrived is evaluated on everything)."""
+        partial = [cid for cid, claim in claimed.items() if not claim.full]
+        return queue.arrivals(conn, partial)
 
     def _epoch(self, conn: Connection) -> tuple[int, str | None]:
         """Changes when definitions change or a population run writes."""
@@ -205,7 +214,15 @@ class Engine:
             changes.extend(contact_changes)
         return changes
 
-    def _evaluate(self, conn: Connection, ids: list[int], now: datetime) -> _Result:
+    def _evaluate(
+        self,
+        conn: Connection,
+        ids: list[int],
+        now: datetime,
+        arrived: dict[int, set[tuple[str, str]]] | None = None,
+    ) -> _Result:
+        """Evaluate contacts; `arrived` limits, per contact listed, which segments are
+        re-evaluated (see `_contact`); contacts not listed are evaluated on everything."""
         reg = self.registry(conn)
         if not (reg.segments or reg.stage_models or reg.score_models or reg.problems):
             return _Result(reg)  # nothing to evaluate: the batch only leaves the queue
@@ -213,26 +230,51 @@ class Engine:
         evaluate = Evaluator(env)
         facts = load_facts(conn, ids, event_names=reg.event_names, now=now)
         result = _Result(reg, dropped=[i for i in ids if i not in facts])
+        arrived = arrived or {}
         for contact in facts.values():
-            result.by_contact[contact.id] = self._contact(reg, evaluate, contact, result.failed)
+            result.by_contact[contact.id] = self._contact(
+                reg, evaluate, contact, result.failed, arrived.get(contact.id)
+            )
         return result
 
     def _contact(
-        self, reg: Registry, evaluate: Evaluator, facts: ContactFacts, failed: dict[str, str]
+        self,
+        reg: Registry,
+        evaluate: Evaluator,
+        facts: ContactFacts,
+        failed: dict[str, str],
+        arrived: set[tuple[str, str]] | None = None,
     ) -> Changes:
+        """Evaluate one contact's definitions. With `arrived` (the (type, name) pairs of the
+        events that arrived since its last evaluation), only the segments those events,
+        or segments, stages and scores changed in this evaluation, can move are evaluated;
+        the others keep their stored membership (what changes with time alone is the
+        population run's job). Stages and scores are always evaluated."""
         before_segments = set(facts.segments)
         before_stages = dict(facts.stages)
         before_scores = dict(facts.scores)
         env = evaluate.env
+        moved: set[str] = set()
+        state_changed = False
         for round_ in range(2):
             for key in reg.order:
                 if key in failed or (round_ == 1 and key not in reg.uses_state):
+                    continue
+                reads = reg.reads[key]
+                if not (
+                    arrived is None
+                    or reads.touched_by(arrived)
+                    or reads.segments & moved
+                    or (reads.state and state_changed)
+                ):
                     continue
                 try:
                     member = evaluate(reg.segments[key].where, facts)
                 except Exception as exc:  # one broken segment must not stop the others
                     failed[key] = f"{type(exc).__name__}: {exc}"
                     continue
+                if member != (key in facts.segments):
+                    moved.add(key)
                 if member:
                     facts.segments.add(key)
                 else:

@@ -11,20 +11,31 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from nurture.store import tables as t
-from nurture.store.bulk import one_of
+from nurture.store.bulk import insert_rows, one_of
 
 
-def queue_evaluations(conn: Connection, contact_ids: Iterable[int], now: datetime) -> None:
+def queue_evaluations(
+    conn: Connection,
+    contact_ids: Iterable[int],
+    now: datetime,
+    *,
+    arrived: Iterable[tuple[int, str, str]] = (),
+    full: Iterable[int] = (),
+) -> None:
     """Mark contacts as due for evaluation (inside the caller's transaction).
 
     On PostgreSQL the upsert takes the row lock: if an evaluator holds a claimed row,
     this waits for it to commit, and then queues the contact afresh, so that events
     the evaluator could not see yet are evaluated in the next round."""
-    rows = [{"contact_id": cid, "queued_at": now} for cid in sorted(set(contact_ids))]
+    everything = set(full)
+    rows = [
+        {"contact_id": cid, "queued_at": now, "full": cid in everything}
+        for cid in sorted(set(contact_ids))
+    ]
     if not rows:
         return
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -33,26 +44,49 @@ def queue_evaluations(conn: Connection, contact_ids: Iterable[int], now: datetim
     # The update still takes the row lock, which is what orders us after an evaluator.
     p = t.pending_evaluations.c
     stmt = stmt.on_conflict_do_update(
-        index_elements=["contact_id"], set_={"queued_at": p.queued_at, "seq": p.seq + 1}
+        index_elements=["contact_id"],
+        set_={"queued_at": p.queued_at, "seq": p.seq + 1, "full": or_(p.full, stmt.excluded.full)},
     )
     conn.execute(stmt, rows)
+    # After the queue rows (whose lock orders us after a running evaluation): what arrived.
+    names = [
+        {"contact_id": c, "type": kind, "event": name} for c, kind, name in sorted(set(arrived))
+    ]
+    if names:
+        insert_rows(conn, t.pending_arrivals, names, ignore_conflicts=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     queued_at: datetime
     seq: int
+    full: bool = True
 
 
 def claim(conn: Connection, limit: int, *, lock: bool = True) -> dict[int, Claim]:
     """The oldest queued contacts; on PostgreSQL locked for this transaction (others skip
     them) unless `lock` is false."""
     p = t.pending_evaluations.c
-    query = select(p.contact_id, p.queued_at, p.seq).order_by(p.queued_at, p.contact_id)
+    query = select(p.contact_id, p.queued_at, p.seq, p.full).order_by(p.queued_at, p.contact_id)
     query = query.limit(limit)
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return {row.contact_id: Claim(row.queued_at, row.seq) for row in conn.execute(query)}
+    return {
+        row.contact_id: Claim(row.queued_at, row.seq, bool(row.full)) for row in conn.execute(query)
+    }
+
+
+def arrivals(conn: Connection, contact_ids: list[int]) -> dict[int, set[tuple[str, str]]]:
+    """The (type, name) pairs of the events that arrived for these queued contacts."""
+    a = t.pending_arrivals.c
+    found: dict[int, set[tuple[str, str]]] = {}
+    if contact_ids:
+        rows = conn.execute(
+            select(a.contact_id, a.type, a.event).where(one_of(conn, a.contact_id, contact_ids))
+        )
+        for row in rows:
+            found.setdefault(row.contact_id, set()).add((row.type, row.event))
+    return found
 
 
 def unchanged(conn: Connection, claimed: dict[int, Claim]) -> set[int]:
@@ -70,8 +104,8 @@ def unchanged(conn: Connection, claimed: dict[int, Claim]) -> set[int]:
 def done(conn: Connection, contact_ids: list[int]) -> None:
     """Remove evaluated contacts from the queue (inside the evaluating transaction)."""
     if contact_ids:
-        p = t.pending_evaluations.c
-        conn.execute(delete(t.pending_evaluations).where(one_of(conn, p.contact_id, contact_ids)))
+        for table in (t.pending_evaluations, t.pending_arrivals):
+            conn.execute(delete(table).where(one_of(conn, table.c.contact_id, contact_ids)))
 
 
 def backlog(conn: Connection) -> int:

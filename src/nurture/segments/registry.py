@@ -17,9 +17,11 @@ from nurture.conditions.env import Env
 from nurture.conditions.model import (
     ComputedCondition,
     Condition,
+    ConsentCondition,
     ScoreCondition,
     SegmentCondition,
     StageCondition,
+    TraitCondition,
     walk,
 )
 from nurture.conditions.references import condition_references
@@ -38,6 +40,29 @@ OPERATORS_FOR = {
 }
 
 
+@dataclass(frozen=True)
+class Reads:
+    """What a segment's result can change with, besides time: the events it reads, the
+    contact's profile, other segments, stored stages and scores."""
+
+    events: frozenset[tuple[str, str]]
+    any_event: bool  # computed traits: any event may move them (last seen, counts)
+    profile: bool  # traits and consent
+    segments: frozenset[str]
+    state: bool  # stages or scores
+
+    def touched_by(self, arrived: set[tuple[str, str]]) -> bool:
+        """Can events of these (type, name) pairs change the result?"""
+        if self.any_event and arrived:
+            return True
+        if self.profile and any(kind == "identify" for kind, _ in arrived):
+            return True
+        for kind, name in self.events:
+            if (kind, name) in arrived or (name == "*" and any(k == kind for k, _ in arrived)):
+                return True
+        return False
+
+
 @dataclass
 class Registry:
     segments: dict[str, SegmentDefinition] = field(default_factory=dict)
@@ -52,6 +77,7 @@ class Registry:
     # scores: re-evaluated after those change in the same round.
     uses_state: set[str] = field(default_factory=set)
     event_names: set[tuple[str, str]] = field(default_factory=set)
+    reads: dict[str, Reads] = field(default_factory=dict)
     version: int = 0
 
     @classmethod
@@ -119,6 +145,16 @@ class Registry:
                 owners[kind].pop(key, None)
         self.order = self._topological()
         self.uses_state = self._state_users()
+        for key, segment in self.segments.items():
+            refs = condition_references([segment.where])
+            nodes = list(walk(segment.where))
+            self.reads[key] = Reads(
+                events=refs.events,
+                any_event=bool(refs.computed),
+                profile=any(isinstance(n, TraitCondition | ConsentCondition) for n in nodes),
+                segments=refs.segments,
+                state=bool(refs.scores or refs.stage_models),
+            )
         self.event_names = set()
         for _, condition in self.conditions():
             self.event_names |= condition_references([condition]).events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Float,
     Index,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from nurture.store.types import BigId, Json, UTCDateTime
@@ -286,7 +288,21 @@ pending_evaluations = Table(
     Column("queued_at", UTCDateTime, nullable=False),
     # Raised each time the contact is queued again before being evaluated.
     Column("seq", Integer, nullable=False, server_default="0"),
+    # Evaluate every definition (a new or merged contact), not only those the arrived
+    # events can change.
+    Column("full", Boolean, nullable=False, server_default=false()),
     Index(None, "queued_at"),
+)
+
+# Which events arrived for a queued contact since its last evaluation, by (type, name):
+# real-time evaluation only re-evaluates the segments that read them.
+pending_arrivals = Table(
+    "pending_arrivals",
+    metadata,
+    Column("contact_id", BigId, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("event", String(255), nullable=False),  # "" for messages without a name
+    PrimaryKeyConstraint("contact_id", "type", "event"),
 )
 
 # Population-wide values the evaluators share (RFM quintile bounds), by key.
