@@ -159,3 +159,29 @@ def test_a_segment_can_use_a_score_and_follows_it_in_the_same_round(nurture: Nur
         assert list(
             conn.execute(select(m.contact_id).where(m.segment_key == "hot_leads")).scalars()
         ) == [ann(nurture)]
+
+
+def test_a_scheduled_stage_run_does_not_overwrite_a_newer_real_time_stage(
+    nurture: Nurture, clock: SimulatedClock
+) -> None:
+    # Given ann signed up and activated, and a scheduled run that has computed her stage
+    # (activated) from that snapshot before real time evaluated the activation
+    setup_models(nurture)
+    track(nurture, "ann", "Signed Up")
+    nurture.engine.evaluate_pending()
+    track(nurture, "ann", "Feature Used", feature="reports")
+    now = clock.now()
+    with nurture.db.read() as conn:
+        read = nurture.engine._stages_read(conn, now)
+    assert read is not None
+    assert read.stages["lifecycle"][ann(nurture)] == "activated"
+    # When she logs in three times and real time makes her engaged before the run writes
+    for _ in range(3):
+        clock.advance(timedelta(hours=1))
+        track(nurture, "ann", "Logged In")
+    nurture.engine.evaluate_pending()
+    with nurture.db.write() as conn:
+        written = nurture.engine._stages_write(conn, read, now)
+    # Then the run's older result does not take her back to activated
+    assert written == 0
+    assert nurture.engine.contact_state(ann(nurture))["stages"]["lifecycle"]["stage"] == "engaged"

@@ -88,6 +88,15 @@ class _PopulationRead:
 
 
 @dataclass
+class _StagesRead:
+    """Every contact's stage by SQL, and the stored stages, from one snapshot."""
+
+    newest_event: int
+    stages: dict[str, dict[int, str]] = field(default_factory=dict)
+    seen: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+@dataclass
 class EvaluationReport:
     segments: list[SegmentResult] = field(default_factory=list)
     stage_changes: int = 0
@@ -486,35 +495,62 @@ class Engine:
         return sorted(found & live)
 
     def _evaluate_stages(self) -> int:
+        """Every stage model for every contact, one SQL query per model, outside any lock;
+        the write then changes only contacts whose stored stage is still the one the query
+        saw and that have no newer events (real time decides those)."""
         now = self.clock.now()
+        with self.db.read() as conn:
+            read = self._stages_read(conn, now)
+        if read is None:
+            return 0
         with self.db.write() as conn:
-            reg = self.registry(conn)
-            if not reg.stage_models:
-                return 0
             if not self.db.is_sqlite:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
-            env = reg.env(now, self.computed_state(conn))
-            compiler = SqlCompiler(env, self.db.backend)
-            c, s = t.contacts.c, t.contact_stages.c
-            changes = Changes()
-            for key, model in reg.stage_models.items():
-                live = c.merged_into.is_(None)
-                now_stage: dict[int, str] = {
-                    int(row[0]): str(row[1])
-                    for row in conn.execute(select(c.id, model.sql_stage(compiler)).where(live))
-                }
-                stored: dict[int, str] = {
-                    int(row[0]): str(row[1])
-                    for row in conn.execute(select(s.contact_id, s.stage).where(s.model == key))
-                }
-                changes.stages += [
-                    (key, contact_id, stored.get(contact_id), stage)
-                    for contact_id, stage in sorted(now_stage.items())
-                    if stored.get(contact_id) != stage
-                ]
-            apply(conn, changes, now)
-            self._bump_epoch(conn)
+            return self._stages_write(conn, read, now)
+
+    def _stages_read(self, conn: Connection, now: datetime) -> _StagesRead | None:
+        reg = self.registry(conn)
+        if not reg.stage_models:
+            return None
+        c, e = t.contacts.c, t.events.c
+        env = reg.env(now, self.computed_state(conn))
+        compiler = SqlCompiler(env, self.db.backend)
+        read = _StagesRead(int(conn.execute(select(func.coalesce(func.max(e.id), 0))).scalar_one()))
+        for key, model in reg.stage_models.items():
+            query = select(c.id, model.sql_stage(compiler)).where(c.merged_into.is_(None))
+            read.stages[key] = {int(row[0]): str(row[1]) for row in conn.execute(query)}
+            read.seen[key] = self._stored_stages(conn, key)
+        return read
+
+    def _stages_write(self, conn: Connection, read: _StagesRead, now: datetime) -> int:
+        e = t.events.c
+        changed = set(
+            conn.execute(
+                select(e.contact_id).where(e.id > read.newest_event, e.type != "system").distinct()
+            ).scalars()
+        )
+        changes = Changes()
+        for key, now_stage in read.stages.items():
+            stored = self._stored_stages(conn, key)
+            seen = read.seen[key]
+            changes.stages += [
+                (key, contact_id, stored.get(contact_id), stage)
+                for contact_id, stage in sorted(now_stage.items())
+                if stored.get(contact_id) != stage
+                and stored.get(contact_id) == seen.get(contact_id)
+                and contact_id not in changed
+            ]
+        apply(conn, changes, now)
+        self._bump_epoch(conn)
         return len(changes.stages)
+
+    @staticmethod
+    def _stored_stages(conn: Connection, model: str) -> dict[int, str]:
+        s = t.contact_stages.c
+        return {
+            int(row[0]): str(row[1])
+            for row in conn.execute(select(s.contact_id, s.stage).where(s.model == model))
+        }
 
     # -- previews -------------------------------------------------------------------------
     def preview(self, condition: Condition, *, sample: int = 10) -> tuple[int, list[int]]:
