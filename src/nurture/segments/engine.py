@@ -160,9 +160,7 @@ class Engine:
                 self._write(conn, result, sorted(fresh), now)
         else:
             with self.db.write() as conn:
-                conn.exec_driver_sql(
-                    "SELECT pg_advisory_xact_lock_shared(%(k)s)", {"k": EVALUATION_LOCK}
-                )
+                self._lock_evaluation(conn, shared=True)
                 claimed = queue.claim(conn, limit)
                 if not claimed:
                     return 0
@@ -193,6 +191,13 @@ class Engine:
         row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == _EPOCH)).first()
         value = str(int(row[0]) + 1 if row else 1)
         upsert_rows(conn, t.meta, [{"key": _EPOCH, "value": value}], keys=["key"])
+
+    def _lock_evaluation(self, conn: Connection, *, shared: bool = False) -> None:
+        """PostgreSQL: the evaluation lock for the rest of this transaction, shared by
+        real-time batches, exclusive for population writes. SQLite's write lock suffices."""
+        if not self.db.is_sqlite:
+            function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+            conn.exec_driver_sql(f"SELECT {function}(%(k)s)", {"k": EVALUATION_LOCK})
 
     def _lock_contacts(self, conn: Connection, ids: list[int]) -> None:
         for contact_id in sorted(ids):  # one order everywhere: no deadlocks
@@ -367,8 +372,7 @@ class Engine:
         with self.db.read() as conn:
             read = self._population_read(conn, key, now)
         with self.db.write() as conn:
-            if not self.db.is_sqlite:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
+            self._lock_evaluation(conn)
             return self._population_write(conn, read, now, started)
 
     def _population_read(self, conn: Connection, key: str, now: datetime) -> _PopulationRead:
@@ -382,9 +386,7 @@ class Engine:
         if segment is None:
             raise NotFound(f"segment {key!r} does not exist", path="key")
         env = reg.env(now, self.computed_state(conn))
-        read.newest_event = int(
-            conn.execute(select(func.coalesce(func.max(t.events.c.id), 0))).scalar_one()
-        )
+        read.newest_event = _newest_event(conn)
         try:
             with conn.begin_nested():
                 query = SqlCompiler(env, self.db.backend).members(segment.where)
@@ -407,16 +409,9 @@ class Engine:
             log.warning("segment %s failed: %s", key, read.error)
             DefinitionStore.mark(conn, "segment", key, error=read.error, evaluated_at=now)
             return result
-        m, e = t.segment_memberships.c, t.events.c
+        m = t.segment_memberships.c
         current = set(conn.execute(select(m.contact_id).where(m.segment_key == key)).scalars())
-        # Contacts with events newer than the snapshot are left to real-time evaluation.
-        # (Ingest transactions run one at a time on both backends, so event ids grow in
-        # commit order and "newer than the snapshot" is "id above its newest".)
-        changed = set(
-            conn.execute(
-                select(e.contact_id).where(e.id > read.newest_event, e.type != "system").distinct()
-            ).scalars()
-        )
+        changed = _changed_since(conn, read.newest_event)
         changes = Changes(
             entered=[(key, c) for c in sorted(read.members - current - changed)],
             exited=[(key, c) for c in sorted(current - read.members - changed)],
@@ -447,10 +442,8 @@ class Engine:
             now = self.clock.now()
             chunk = candidates[i : i + batch]
             with self.db.write() as conn:
+                self._lock_evaluation(conn)
                 if not self.db.is_sqlite:
-                    conn.exec_driver_sql(
-                        "SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK}
-                    )
                     self._lock_contacts(conn, chunk)
                 reg = self.registry(conn)
                 env = reg.env(now, self.computed_state(conn))
@@ -504,18 +497,17 @@ class Engine:
         if read is None:
             return 0
         with self.db.write() as conn:
-            if not self.db.is_sqlite:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": EVALUATION_LOCK})
+            self._lock_evaluation(conn)
             return self._stages_write(conn, read, now)
 
     def _stages_read(self, conn: Connection, now: datetime) -> _StagesRead | None:
         reg = self.registry(conn)
         if not reg.stage_models:
             return None
-        c, e = t.contacts.c, t.events.c
+        c = t.contacts.c
         env = reg.env(now, self.computed_state(conn))
         compiler = SqlCompiler(env, self.db.backend)
-        read = _StagesRead(int(conn.execute(select(func.coalesce(func.max(e.id), 0))).scalar_one()))
+        read = _StagesRead(_newest_event(conn))
         for key, model in reg.stage_models.items():
             query = select(c.id, model.sql_stage(compiler)).where(c.merged_into.is_(None))
             read.stages[key] = {int(row[0]): str(row[1]) for row in conn.execute(query)}
@@ -523,12 +515,7 @@ class Engine:
         return read
 
     def _stages_write(self, conn: Connection, read: _StagesRead, now: datetime) -> int:
-        e = t.events.c
-        changed = set(
-            conn.execute(
-                select(e.contact_id).where(e.id > read.newest_event, e.type != "system").distinct()
-            ).scalars()
-        )
+        changed = _changed_since(conn, read.newest_event)
         changes = Changes()
         for key, now_stage in read.stages.items():
             stored = self._stored_stages(conn, key)
@@ -606,3 +593,18 @@ class Engine:
                     )
                 },
             }
+
+
+def _newest_event(conn: Connection) -> int:
+    """The newest event id a snapshot sees (0 for none)."""
+    return int(conn.execute(select(func.coalesce(func.max(t.events.c.id), 0))).scalar_one())
+
+
+def _changed_since(conn: Connection, newest_event: int) -> set[int]:
+    """Contacts with events newer than a snapshot whose newest event was `newest_event`:
+    population runs leave them to real-time evaluation. Ingest transactions run one at a
+    time on both backends, so event ids grow in commit order and "newer than the snapshot"
+    is "id above its newest". Evaluation's own system events change no data."""
+    e = t.events.c
+    query = select(e.contact_id).where(e.id > newest_event, e.type != "system").distinct()
+    return set(conn.execute(query).scalars())
