@@ -178,17 +178,7 @@ def open_nurture(info: WorldInfo, clock: SimulatedClock, **settings: Any) -> Nur
 def reset(nurture: Nurture) -> None:
     """Forget every definition and everything evaluated (the world stays)."""
     with nurture.db.write() as conn:
-        for table in (
-            t.definitions,
-            t.segment_memberships,
-            t.segment_changes,
-            t.contact_stages,
-            t.stage_changes,
-            t.contact_scores,
-            t.score_changes,
-            t.pending_evaluations,
-            t.evaluation_state,
-        ):
+        for table in (t.definitions, t.evaluation_state, *t.EVALUATION_BY_CONTACT):
             conn.execute(delete(table))
         conn.execute(delete(t.events).where(t.events.c.type == "system"))
         conn.execute(delete(t.events).where(t.events.c.message_id.like("bench-rt-%")))

@@ -200,5 +200,5 @@ def test_erase_removes_what_evaluation_derived_from_the_contact(
     # When erasing her
     nurture.privacy.erase(alice)
     # Then none of it is left
-    for table in (*derived, t.score_changes, t.consents, t.pending_evaluations):
+    for table in (*derived, *t.EVALUATION_BY_CONTACT, t.consents):
         assert count(nurture, table, table.c.contact_id == alice) == 0, table.name

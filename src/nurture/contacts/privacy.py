@@ -134,18 +134,9 @@ class PrivacyService:
                 else 0,
                 "contacts_deleted": gone(delete(t.contacts).where(t.contacts.c.id.in_(ids))),
             }
-            # What evaluation derived from the person: memberships, stages, scores, their
-            # histories, consents and a pending evaluation.
-            for table in (
-                t.segment_memberships,
-                t.segment_changes,
-                t.contact_stages,
-                t.stage_changes,
-                t.contact_scores,
-                t.score_changes,
-                t.consents,
-                t.pending_evaluations,
-            ):
+            # What evaluation derived from the person (memberships, stages, scores, their
+            # histories, a pending evaluation) and the person's consents.
+            for table in (*t.EVALUATION_BY_CONTACT, t.consents):
                 conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
             rows = [
                 {

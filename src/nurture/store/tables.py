@@ -313,3 +313,15 @@ evaluation_state = Table(
     Column("value", Json, nullable=False),
     Column("computed_at", UTCDateTime, nullable=False),
 )
+
+# Every row evaluation keeps per contact: what erasure removes and a reset forgets.
+EVALUATION_BY_CONTACT = (
+    segment_memberships,
+    segment_changes,
+    contact_stages,
+    stage_changes,
+    contact_scores,
+    score_changes,
+    pending_evaluations,
+    pending_arrivals,
+)
