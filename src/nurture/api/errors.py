@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,9 +11,17 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from nurture.api.responses import JSONResponse
-from nurture.errors import NurtureError
+from nurture.errors import NurtureError, ValidationError
 
 log = logging.getLogger(__name__)
+
+
+def aware(name: str, value: datetime | None) -> datetime | None:
+    """A time query parameter, refused (naming it) when it has no time zone."""
+    if value is not None and value.tzinfo is None:
+        raise ValidationError("give a time zone, e.g. 2026-05-01T00:00:00Z", path=name)
+    return value
+
 
 _STATUS_CODES = {
     400: "bad_request",

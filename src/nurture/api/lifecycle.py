@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from nurture.api.auth import admin_key
+from nurture.api.errors import aware
 from nurture.errors import ValidationError
 from nurture.lifecycle.service import LifecycleService
 
@@ -33,12 +34,6 @@ def _service(request: Request) -> LifecycleService:
     return request.app.state.nurture.lifecycle  # type: ignore[no-any-return]
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationError("give a time zone, e.g. 2026-05-01T00:00:00Z", path=name)
-    return value
-
-
 @router.get("/stages/{model}", responses=_ERRORS)
 def stage_counts(request: Request, model: str = _key("The stage model")) -> dict[str, int]:
     """How many contacts are in each stage now."""
@@ -60,8 +55,8 @@ def stage_moves(
         model,
         from_stage=from_stage,
         to_stage=to_stage,
-        since=_aware("since", since),
-        until=_aware("until", until),
+        since=aware("since", since),
+        until=aware("until", until),
         limit=limit,
     )
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from nurture.api.auth import admin_key
+from nurture.api.errors import aware
 from nurture.conditions.model import dump_condition, parse_condition
 from nurture.errors import ValidationError
 from nurture.segments.service import SegmentService
@@ -136,10 +137,9 @@ def segment_changes(
     limit: int = Query(1000, ge=1, le=10000),
 ) -> list[dict[str, Any]]:
     """Entries and exits, oldest first."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationError("give a time zone, e.g. 2026-05-01T00:00:00Z", path=name)
-    return _segments(request).changes(key, since=since, until=until, limit=limit)
+    return _segments(request).changes(
+        key, since=aware("since", since), until=aware("until", until), limit=limit
+    )
 
 
 @router.get("/contacts/{contact_id}/state", responses=_ERRORS)
