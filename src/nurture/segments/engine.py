@@ -317,11 +317,9 @@ class Engine:
             if after is not None and after != before:
                 changes.stages.append((key, facts.id, before, after))
         for key in reg.score_models:
-            zero = env.temperature_of(key, 0.0)
-            old_score, old_temperature = before_scores.get(key, (0.0, zero))
-            score, temperature = facts.scores[key]
-            if score != old_score or temperature != old_temperature:
-                changes.scores.append((key, facts.id, score, old_temperature, temperature))
+            change = _score_change(env, key, facts.id, before_scores, facts.scores[key])
+            if change is not None:
+                changes.scores.append(change)
         return changes
 
     # -- whole population -------------------------------------------------------------------
@@ -451,13 +449,11 @@ class Engine:
                 changes = Changes()
                 for facts in load_facts(conn, chunk, event_names=reg.event_names, now=now).values():
                     for key, scoring in reg.score_models.items():
-                        zero = env.temperature_of(key, 0.0)
-                        old_score, old_temperature = facts.scores.get(key, (0.0, zero))
                         result = scoring.score(facts, evaluate)
-                        if (result.score, result.temperature) != (old_score, old_temperature):
-                            changes.scores.append(
-                                (key, facts.id, result.score, old_temperature, result.temperature)
-                            )
+                        now_score = (result.score, result.temperature)
+                        change = _score_change(env, key, facts.id, facts.scores, now_score)
+                        if change is not None:
+                            changes.scores.append(change)
                 apply(conn, changes, now)
                 self._bump_epoch(conn)
                 changed += len(changes.scores)
@@ -608,3 +604,18 @@ def _changed_since(conn: Connection, newest_event: int) -> set[int]:
     e = t.events.c
     query = select(e.contact_id).where(e.id > newest_event, e.type != "system").distinct()
     return set(conn.execute(query).scalars())
+
+
+def _score_change(
+    env: Env,
+    model: str,
+    contact_id: int,
+    stored: dict[str, tuple[float, str]],
+    now: tuple[float, str],
+) -> tuple[str, int, float, str, str] | None:
+    """The change from a stored score to `now` (score, temperature), or None. No stored
+    score is a score of 0, in the band 0 falls in."""
+    before = stored.get(model, (0.0, env.temperature_of(model, 0.0)))
+    if now == before:
+        return None
+    return (model, contact_id, now[0], before[1], now[1])
