@@ -20,6 +20,7 @@ from nurture.conditions.model import Condition, validation_error
 from nurture.errors import ValidationError
 from nurture.store import tables as t
 from nurture.store.bulk import upsert_rows
+from nurture.store.counters import counter, raise_counter
 
 Kind = Literal["segment", "computed", "stage_model", "score_model"]
 KINDS: tuple[Kind, ...] = ("segment", "computed", "stage_model", "score_model")
@@ -171,10 +172,8 @@ class DefinitionStore:
     @staticmethod
     def version(conn: Connection) -> int:
         """A number that changes whenever a definition is added, changed or removed."""
-        row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == _VERSION)).first()
-        return int(row[0]) if row else 0
+        return counter(conn, _VERSION)
 
     @staticmethod
     def _bump(conn: Connection) -> None:
-        current = DefinitionStore.version(conn)
-        upsert_rows(conn, t.meta, [{"key": _VERSION, "value": str(current + 1)}], keys=["key"])
+        raise_counter(conn, _VERSION)

@@ -48,6 +48,7 @@ from nurture.segments.registry import Registry
 from nurture.store import Database
 from nurture.store import tables as t
 from nurture.store.bulk import one_of, upsert_rows
+from nurture.store.counters import counter, raise_counter
 
 log = logging.getLogger("nurture.segments")
 
@@ -182,15 +183,12 @@ class Engine:
         partial = [cid for cid, claim in claimed.items() if not claim.full]
         return queue.arrivals(conn, partial)
 
-    def _epoch(self, conn: Connection) -> tuple[int, str | None]:
+    def _epoch(self, conn: Connection) -> tuple[int, int]:
         """Changes when definitions change or a population run writes."""
-        row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == _EPOCH)).first()
-        return DefinitionStore.version(conn), row[0] if row else None
+        return DefinitionStore.version(conn), counter(conn, _EPOCH)
 
     def _bump_epoch(self, conn: Connection) -> None:
-        row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == _EPOCH)).first()
-        value = str(int(row[0]) + 1 if row else 1)
-        upsert_rows(conn, t.meta, [{"key": _EPOCH, "value": value}], keys=["key"])
+        raise_counter(conn, _EPOCH)
 
     def _lock_evaluation(self, conn: Connection, *, shared: bool = False) -> None:
         """PostgreSQL: the evaluation lock for the rest of this transaction, shared by
