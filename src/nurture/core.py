@@ -15,14 +15,18 @@ from nurture.contacts.service import ContactService
 from nurture.ingest.rejected import RejectedStore
 from nurture.ingest.service import BatchResult, IngestStore, ParsedBatch, parse_batch
 from nurture.ingest.writer import IngestWriter
+from nurture.journeys.runner import JourneyRunner
+from nurture.journeys.runtime import JourneyRuntime, Options
+from nurture.journeys.service import JourneyService
 from nurture.keys import KeyStore
 from nurture.lifecycle.service import LifecycleService
 from nurture.project import Project
 from nurture.segments.engine import Engine
 from nurture.segments.runner import EvaluationRunner
 from nurture.segments.service import SegmentService
-from nurture.settings import Settings, load_settings
+from nurture.settings import Settings, load_settings, secret
 from nurture.store import Database
+from nurture.webhooks import HttpWebhookCaller, WebhookCaller
 
 
 class Nurture:
@@ -35,6 +39,7 @@ class Nurture:
         clock: Clock | None = None,
         db: Database | None = None,
         background: bool = False,
+        webhooks: WebhookCaller | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.clock = clock or SystemClock()
@@ -54,6 +59,19 @@ class Nurture:
         self.engine = Engine(self.db, self.clock)
         self.segments = SegmentService(self.db, self.clock, self.engine)
         self.lifecycle = LifecycleService(self.db, self.clock, self.engine)
+        self.journey_runtime = JourneyRuntime(
+            self.db,
+            self.clock,
+            self.engine,
+            webhooks or HttpWebhookCaller(),
+            Options(
+                default_timezone=self.settings.default_timezone,
+                step_attempts=self.settings.journey_step_attempts,
+                batch=self.settings.journey_batch,
+                secret=secret,
+            ),
+        )
+        self.journeys = JourneyService(self.journey_runtime, self.settings.project_dir)
         self.project = Project(self.settings.project_dir, self.db, self.clock)
         # The evaluator thread runs only where asked (the server); tests and commands
         # call the engine themselves.
@@ -65,6 +83,10 @@ class Nurture:
                 batch=self.settings.evaluation_batch,
             )
             self.writer.on_commit.append(self.runner.notify)
+        self.journey_runner: JourneyRunner | None = None
+        if background and self.settings.journeys_in_process:
+            self.journey_runner = JourneyRunner(self.journey_runtime)
+            self.writer.on_commit.append(self.journey_runner.notify)
         self._started = False
 
     def start(self) -> Nurture:
@@ -75,6 +97,8 @@ class Nurture:
             self.writer.start()
             if self.runner is not None:
                 self.runner.start()
+            if self.journey_runner is not None:
+                self.journey_runner.start()
             self._started = True
         return self
 
@@ -82,6 +106,8 @@ class Nurture:
         if self._started:
             if self.runner is not None:
                 self.runner.stop()
+            if self.journey_runner is not None:
+                self.journey_runner.stop()
             self.writer.stop()
             self.db.stop_checkpointer()
             self._started = False

@@ -85,6 +85,23 @@ class Settings(BaseSettings):
     evaluation_batch: int = Field(
         500, ge=1, description="Most contacts evaluated in one transaction after their events"
     )
+    default_timezone: str = Field(
+        "UTC",
+        description="IANA timezone for contacts without one (local-time waits and triggers)",
+    )
+    journeys_in_process: bool = Field(
+        True, description="`nurture serve` runs journey steps itself (a journey worker thread)"
+    )
+    journey_batch: int = Field(
+        500, ge=1, description="Most enrolments a journey worker runs a step for in one transaction"
+    )
+    journey_step_attempts: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Tries of a failing journey step before its enrolment is parked as failed "
+        "(webhook steps use their own `retries`)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     secret_key: SecretStr | None = Field(
         None, description="Secret for signed links (tracking, preferences); set in production"
@@ -167,3 +184,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise
     except Exception as exc:  # a broken YAML file
         raise ConfigError(f"cannot read settings: {exc}", path="NURTURE_CONFIG") from None
+
+
+def secret(name: str) -> str | None:
+    """A credential named by a definition (a webhook's `secret_env`), from the environment:
+    definitions kept in git name secrets, they never hold them."""
+    return os.environ.get(name) or None

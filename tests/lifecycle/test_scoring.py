@@ -206,7 +206,11 @@ def test_the_lead_score_explains_which_rules_gave_how_many_points_when() -> None
 
 def test_references_list_the_events_and_state_the_rules_read() -> None:
     refs = model(ORDER, PRICING, {"name": "VIP", "when": {"segment": "vip"}, "points": 5})
-    assert refs.references().events == {("track", "Order Completed"), ("page", "Pricing")}
+    assert refs.references().events == {
+        ("track", "Order Completed"),
+        ("page", "Pricing"),
+        ("system", "score.points"),  # points added by journeys
+    }
     assert refs.references().segments == {"vip"}
 
 

@@ -135,8 +135,9 @@ class PrivacyService:
                 "contacts_deleted": gone(delete(t.contacts).where(t.contacts.c.id.in_(ids))),
             }
             # What evaluation derived from the person (memberships, stages, scores, their
-            # histories, a pending evaluation) and the person's consents.
-            for table in (*t.EVALUATION_BY_CONTACT, t.consents):
+            # histories, a pending evaluation), the person's consents, and their journeys
+            # (enrolments, steps run, messages not yet sent, queued events).
+            for table in (*t.EVALUATION_BY_CONTACT, t.consents, *t.JOURNEYS_BY_CONTACT):
                 conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
             rows = [
                 {

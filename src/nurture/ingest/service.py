@@ -17,6 +17,7 @@ from sqlalchemy import Connection, insert, select
 from nurture.contacts.profile import build_profile
 from nurture.ingest.identity import ConcurrentWrite, Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
+from nurture.journeys.inbox import offer as offer_to_journeys
 from nurture.segments.queue import queue_evaluations
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, one_of
@@ -272,6 +273,7 @@ class IngestStore:
             raise DuplicateFound("a message of this batch is stored already")
         if groups:
             self._store_groups(conn, groups, resolver, now)
+        offer_to_journeys(conn, rows, now)
         arrived = {
             (cast(int, row["contact_id"]), cast(str, row["type"]), cast(str, row["event"] or ""))
             for row in rows

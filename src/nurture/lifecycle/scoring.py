@@ -70,6 +70,11 @@ from nurture.segments.definitions import check_key
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# Points a journey's `score` step adds: a system event with properties model and points.
+POINTS_EVENT = "score.points"
+ADDED_LABEL = "points added by journeys"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -272,6 +277,9 @@ class ScoreModel(_Model):
                     assert_never(rule)
             if part is not None:
                 parts.append(part)
+        added = self._added_points(facts, now)
+        if added is not None:
+            parts.append(added)
         # Summing the rounded parts keeps the explanation adding up to the score;
         # `+ 0.0` turns a -0.0 into 0.0.
         total = round(math.fsum(part.points for part in parts), 2) + 0.0
@@ -296,9 +304,31 @@ class ScoreModel(_Model):
         last = _EPOCH + timedelta(microseconds=events[-1].at)
         return RuleContribution(rule.label, round(points, 2) + 0.0, len(events), last)
 
+    def _added_points(self, facts: ContactFacts, now: int) -> RuleContribution | None:
+        """Points added by journeys' `score` steps: each is a system event
+        `score.points` naming this model, decaying like an event rule's."""
+        events = [
+            e
+            for e in matching(facts, POINTS_EVENT, "system", [], now)
+            if e.properties.get("model") == self.key
+            and isinstance(e.properties.get("points"), int | float)
+        ]
+        if not events:
+            return None
+        half = None if self.half_life is None else _us(self.half_life)
+        points = math.fsum(
+            e.properties["points"] * (1.0 if half is None else 0.5 ** ((now - e.at) / half))
+            for e in events
+        )
+        last = _EPOCH + timedelta(microseconds=events[-1].at)
+        return RuleContribution(ADDED_LABEL, round(points, 2) + 0.0, len(events), last)
+
     def references(self) -> References:
         """The events the rules count and what their conditions read."""
-        events = frozenset((r.type, r.event) for r in self.rules if isinstance(r, EventRule))
+        events = frozenset(
+            [(r.type, r.event) for r in self.rules if isinstance(r, EventRule)]
+            + [("system", POINTS_EVENT)]
+        )
         conditions = (r.when for r in self.rules if isinstance(r, ConditionRule))
         return References(events=events) | condition_references(conditions)
 

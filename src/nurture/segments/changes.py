@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert
 
+from nurture.journeys.inbox import offer as offer_to_journeys
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, one_of, upsert_rows
 
@@ -174,6 +175,7 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
             ]
     if events:
         insert_rows(conn, t.events, events, ignore_conflicts=True)
+        offer_to_journeys(conn, events, now)
 
 
 def _history(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list[int]:

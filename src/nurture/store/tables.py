@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 from nurture.store.types import BigId, Json, UTCDateTime
@@ -313,6 +314,136 @@ evaluation_state = Table(
     Column("value", Json, nullable=False),
     Column("computed_at", UTCDateTime, nullable=False),
 )
+
+# -- journeys ----------------------------------------------------------------------------
+# A journey: its draft, which version is published, and whether it runs.
+journeys = Table(
+    "journeys",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("name", String(500), nullable=False, server_default=""),
+    Column("status", String(16), nullable=False),  # draft | active | paused | archived
+    Column("draft", Json),  # the definition being edited; None once published unchanged
+    Column("version", Integer),  # the published version new enrolments start on
+    Column("source", String(16), nullable=False),  # file | api
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Date and schedule triggers: the moment up to which entries have been made.
+    Column("scanned_to", UTCDateTime),
+)
+
+# Published versions, immutable: running enrolments finish on the one they started on.
+journey_versions = Table(
+    "journey_versions",
+    metadata,
+    Column("journey_key", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("body", Json, nullable=False),
+    Column("published_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("journey_key", "version"),
+)
+
+# One row per contact per entry into a journey; nothing of a journey waits in memory.
+enrolments = Table(
+    "enrolments",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("journey_key", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    # active | completed | converted | exited | failed (parked with its error)
+    Column("status", String(16), nullable=False),
+    Column("control", Boolean, nullable=False),  # holdout: enrolled, never messaged
+    Column("step", String(200)),  # the step to run at due_at
+    Column("due_at", UTCDateTime),
+    Column("seq", Integer, nullable=False),  # steps run so far: names each run once
+    Column("attempts", Integer, nullable=False),  # failed tries of the current step
+    Column("last_error", Text),
+    Column("entry_key", String(255), nullable=False),  # what started it (idempotent entry)
+    # One live enrolment per contact and journey, unless its re-entry is `always`.
+    Column("exclusive", Boolean, nullable=False),
+    Column("context", Json, nullable=False),
+    Column("entered_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("end_reason", String(500)),
+    Column("converted_at", UTCDateTime),
+    Column("revenue", Float),
+    UniqueConstraint("journey_key", "entry_key"),
+    Index(
+        "ix_enrolments_due",
+        "due_at",
+        sqlite_where=text("status = 'active'"),
+        postgresql_where=text("status = 'active'"),
+    ),
+    Index(
+        "uq_enrolments_live",
+        "journey_key",
+        "contact_id",
+        unique=True,
+        sqlite_where=text("status = 'active' AND exclusive"),
+        postgresql_where=text("status = 'active' AND exclusive"),
+    ),
+    Index(None, "contact_id", "status"),
+    Index(None, "journey_key", "status"),
+)
+
+# Every step an enrolment ran, once (the primary key is the proof): metrics per step.
+journey_steps = Table(
+    "journey_steps",
+    metadata,
+    Column("enrolment_id", BigId, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("journey_key", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("step", String(200), nullable=False),
+    Column("contact_id", BigId, nullable=False),
+    Column("outcome", String(200), nullable=False),
+    Column("executed_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("enrolment_id", "seq"),
+    Index(None, "journey_key", "step", "executed_at"),
+    Index(None, "contact_id"),
+)
+
+# Messages journeys decided to send, written in the transaction of the step; dispatch
+# sends them. The idempotency key names the step run, so a retried step writes nothing.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(255), nullable=False, unique=True),
+    Column("contact_id", BigId, nullable=False),
+    Column("enrolment_id", BigId),
+    Column("journey_key", String(200)),
+    Column("version", Integer),
+    Column("step", String(200)),
+    Column("channel", String(16), nullable=False),
+    Column("template", String(200)),
+    Column("variant", String(200)),
+    Column("kind", String(16), nullable=False),  # marketing | transactional | notification
+    Column("topic", String(100)),
+    Column("recipient", String(320)),  # a person to notify; None: the contact
+    Column("payload", Json, nullable=False),
+    Column("status", String(16), nullable=False),  # queued | ...
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("send_after", UTCDateTime, nullable=False),
+    Index(None, "status", "send_after"),
+    Index(None, "contact_id"),
+    Index(None, "journey_key", "step"),
+)
+
+# Events journeys react to (triggers, goals, exits, waits), queued in the transaction
+# that stored them; the journey worker consumes them in order.
+journey_inbox = Table(
+    "journey_inbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", String(255), nullable=False),  # of the event, in `events`
+    Column("contact_id", BigId, nullable=False),
+    Column("queued_at", UTCDateTime, nullable=False),
+)
+
+# Every row journeys keep per contact: what erasure removes.
+JOURNEYS_BY_CONTACT = (enrolments, journey_steps, outbox, journey_inbox)
 
 # Every row evaluation keeps per contact: what erasure removes and a reset forgets.
 EVALUATION_BY_CONTACT = (

@@ -1,0 +1,121 @@
+"""Entering a journey: the entry condition, re-entry rules, one live enrolment per
+contact, and the holdout share. Every way in (event and segment triggers, date and
+schedule triggers, the admin API) goes through `Entries.enter`.
+
+Entry is idempotent: `entry_key` names what caused it (the event's message id, the
+date, the schedule's fire time, the API call's idempotency key), and the pair
+(journey, entry_key) is unique, as is the live enrolment of a contact where re-entry is
+not `always`: a race or a retry enrols once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, func, select
+
+from nurture.journeys import interpreter as ip
+from nurture.journeys.model import Journey, ReentryAfter
+from nurture.store import tables as t
+from nurture.store.bulk import insert_rows
+
+if TYPE_CHECKING:
+    from nurture.journeys.runtime import JourneyRuntime
+
+
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    status: str  # entered | control | refused
+    reason: str | None = None
+    enrolment_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "enrolmentId": self.enrolment_id}
+
+
+class Entries:
+    def __init__(self, runtime: JourneyRuntime) -> None:
+        self.runtime = runtime
+
+    def refusal(
+        self,
+        conn: Connection,
+        journey: Journey,
+        contact_id: int,
+        now: datetime,
+        holds: ip.Holds,
+    ) -> str | None:
+        """Why the contact may not enter now, or None."""
+        n = t.enrolments.c
+        mine = (n.journey_key == journey.key) & (n.contact_id == contact_id)
+        reentry = journey.entry.reentry
+        if reentry != "always":
+            live = conn.execute(select(n.id).where(mine, n.status == "active").limit(1)).scalar()
+            if live is not None:
+                return "already in the journey"
+        if reentry == "never":
+            if conn.execute(select(n.id).where(mine).limit(1)).scalar() is not None:
+                return "entered before (re-entry: never)"
+        elif isinstance(reentry, ReentryAfter):
+            last = conn.execute(select(func.max(n.entered_at)).where(mine)).scalar()
+            if last is not None and now - last < reentry.after:
+                return f"entered less than {reentry.after} ago"
+        if journey.entry.if_ is not None and not holds(journey.entry.if_):
+            return "entry condition does not hold"
+        return None
+
+    def enter(
+        self,
+        conn: Connection,
+        journey: Journey,
+        version: int,
+        contact_id: int,
+        *,
+        entry_key: str,
+        trigger: dict[str, Any] | None,
+        now: datetime,
+        holds: ip.Holds,
+    ) -> EntryResult:
+        refused = self.refusal(conn, journey, contact_id, now, holds)
+        if refused is not None:
+            return EntryResult("refused", refused)
+        contact = self.runtime.contacts(conn, [contact_id]).get(contact_id)
+        if contact is None:
+            return EntryResult("refused", "no such contact")
+        control = ip.unit(journey.key, contact.id, "holdout") < journey.entry.holdout
+        context: dict[str, Any] = {"trigger": trigger}
+        step: str | None
+        if control:
+            # Enrolled, never messaged: held until the goal's window ends, for lift.
+            step = None
+            due = now + (journey.goal.within if journey.goal is not None else now - now)
+        else:
+            step = journey.steps[0].id
+            due = ip.arrive(
+                journey, step, contact, context, now, self.runtime.options.default_timezone
+            )
+        row = {
+            "journey_key": journey.key,
+            "version": version,
+            "contact_id": contact.id,
+            "status": "active",
+            "control": control,
+            "step": step,
+            "due_at": due,
+            "seq": 0,
+            "attempts": 0,
+            "last_error": None,
+            "entry_key": entry_key,
+            "exclusive": journey.entry.reentry != "always",
+            "context": context,
+            "entered_at": now,
+        }
+        if not insert_rows(conn, t.enrolments, [row], ignore_conflicts=True):
+            return EntryResult("refused", "entered already (same entry, or a live enrolment)")
+        n = t.enrolments.c
+        enrolment_id = conn.execute(
+            select(n.id).where(n.journey_key == journey.key, n.entry_key == entry_key)
+        ).scalar()
+        return EntryResult("control" if control else "entered", None, enrolment_id)

@@ -1,0 +1,694 @@
+"""The journey runtime: enrolments are rows, and workers move them on.
+
+Three kinds of work, each in its own transactions:
+
+- the inbox: events journeys react to start enrolments (triggers), convert them (goals),
+  end them (exit rules) and end waits for events, in event order;
+- due steps: enrolments whose `due_at` has come run their current step, one step per
+  enrolment per transaction, writing the outbox row, the step log and the new position
+  together; a step that fails is retried with backoff and then parked as failed;
+- HTTP calls (webhook steps): leased in one transaction, made outside any, recorded in
+  another, with an idempotency key that names the step run.
+
+On PostgreSQL any number of workers share the work (`FOR UPDATE SKIP LOCKED`; the inbox
+is consumed by one worker at a time so that each contact's events keep their order). On
+SQLite the process's single writer runs them one after another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, bindparam, delete, select, update
+
+from nurture.clock import Clock
+from nurture.conditions.facts import ContactFacts, load_facts
+from nurture.conditions.memory import Evaluator, json_at
+from nurture.conditions.model import Condition
+from nurture.journeys import interpreter as ip
+from nurture.journeys.entry import Entries
+from nurture.journeys.matching import Happened, event_matches, exit_matches, trigger_matches
+from nurture.journeys.model import EventTrigger, Journey, SegmentTrigger, UpdateStep, WaitStep
+from nurture.journeys.store import Versions
+from nurture.lifecycle.scoring import POINTS_EVENT
+from nurture.segments.engine import Engine
+from nurture.segments.queue import queue_evaluations
+from nurture.store import Database
+from nurture.store import tables as t
+from nurture.store.bulk import insert_rows, one_of
+from nurture.webhooks import WebhookCaller, WebhookOutcome, WebhookRequest, backoff
+
+log = logging.getLogger("nurture.journeys")
+INBOX_LOCK = 7263553  # pg_advisory_xact_lock key: one inbox consumer at a time
+LEASE_MARGIN = timedelta(seconds=30)
+
+
+@dataclass
+class Options:
+    default_timezone: str = "UTC"
+    step_attempts: int = 5
+    batch: int = 500
+    secret: Callable[[str], str | None] = lambda _name: None
+
+
+@dataclass
+class _Writes:
+    """What one transaction of due steps writes."""
+
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    updates: dict[int, list[UpdateStep]] = field(default_factory=dict)
+
+
+class JourneyRuntime:
+    """Runs journeys for one database; thread-safe, one per process."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        segments: Engine,
+        webhooks: WebhookCaller,
+        options: Options | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.segments = segments
+        self.webhooks = webhooks
+        self.options = options or Options()
+        self.versions = Versions()
+        self.entries = Entries(self)
+        # Called after each committed batch of due steps with (due_at, ran_at) pairs.
+        self.on_steps: list[Callable[[list[tuple[datetime, datetime]]], None]] = []
+
+    # -- shared helpers ------------------------------------------------------------------
+    def journey(self, conn: Connection, key: str, version: int) -> Journey:
+        return self.versions.get(conn, key, version)
+
+    def contacts(self, conn: Connection, ids: list[int]) -> dict[int, ip.Contact]:
+        """Contacts by id; a merged contact's id maps to the contact it was merged into."""
+        c = t.contacts.c
+        out: dict[int, ip.Contact] = {}
+        wanted = sorted(set(ids))
+        for _ in range(8):  # merges may chain
+            if not wanted:
+                break
+            merged: dict[int, int] = {}
+            for row in conn.execute(
+                select(
+                    c.id, c.user_id, c.email, c.phone, c.timezone, c.traits, c.merged_into
+                ).where(one_of(conn, c.id, wanted))
+            ):
+                if row.merged_into is not None:
+                    merged[row.id] = row.merged_into
+                else:
+                    out[row.id] = ip.Contact(
+                        row.id, row.timezone, row.email, row.phone, row.user_id, row.traits or {}
+                    )
+            aliases = {old: new for old, new in merged.items()}
+            wanted = sorted(set(aliases.values()) - set(out))
+            resolved = self.contacts(conn, wanted) if wanted else {}
+            out.update(resolved)
+            for old, new in aliases.items():
+                if new in out:
+                    out[old] = out[new]
+            break
+        return out
+
+    def holds_for(
+        self, conn: Connection, now: datetime
+    ) -> Callable[[int], Callable[[Condition], bool]]:
+        """A condition tester per contact, facts loaded once per contact and call."""
+        registry = self.segments.registry(conn)
+        evaluator = Evaluator(registry.env(now, self.segments.computed_state(conn)))
+        cache: dict[int, ContactFacts | None] = {}
+
+        def for_contact(contact_id: int) -> Callable[[Condition], bool]:
+            def holds(condition: Condition) -> bool:
+                if contact_id not in cache:
+                    cache[contact_id] = load_facts(conn, [contact_id], now=now).get(contact_id)
+                facts = cache[contact_id]
+                return facts is not None and evaluator.holds(condition, facts)
+
+            return holds
+
+        return for_contact
+
+    def _lock_inbox(self, conn: Connection) -> bool:
+        if self.db.is_sqlite:
+            return True
+        got = conn.exec_driver_sql(
+            "SELECT pg_try_advisory_xact_lock(%(k)s)", {"k": INBOX_LOCK}
+        ).scalar()
+        return bool(got)
+
+    # -- the inbox -----------------------------------------------------------------------
+    def process_inbox(self, limit: int | None = None) -> int:
+        """Consume up to `limit` queued events, in order; returns how many."""
+        limit = limit or self.options.batch
+        now = self.clock.now()
+        with self.db.write() as conn:
+            if not self._lock_inbox(conn):
+                return 0
+            i, e = t.journey_inbox.c, t.events.c
+            queued = conn.execute(select(i.id, i.message_id).order_by(i.id).limit(limit)).all()
+            if not queued:
+                return 0
+            ids = [q.message_id for q in queued]
+            found = {
+                r.message_id: Happened(
+                    r.message_id, r.type, r.event, r.contact_id, r.timestamp, r.properties or {}
+                )
+                for r in conn.execute(
+                    select(
+                        e.message_id, e.type, e.event, e.contact_id, e.timestamp, e.properties
+                    ).where(one_of(conn, e.message_id, ids))
+                )
+            }
+            holds = self.holds_for(conn, now)
+            journeys = self.versions.journeys(conn)
+            for q in queued:
+                event = found.get(q.message_id)
+                if event is not None:  # an erased contact's events are gone: nothing to do
+                    self._react(conn, event, now, holds(event.contact_id))
+                    self._trigger(conn, event, now, journeys, holds(event.contact_id))
+            conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
+            return len(queued)
+
+    def _react(self, conn: Connection, event: Happened, now: datetime, holds: ip.Holds) -> None:
+        """Goals, exit rules and waits of the contact's enrolments."""
+        n = t.enrolments.c
+        rows = conn.execute(
+            select(t.enrolments)
+            .where(
+                n.contact_id == event.contact_id,
+                n.status.in_(("active", "completed")),
+                n.converted_at.is_(None),
+            )
+            .order_by(n.id)
+        ).all()
+        for row in rows:
+            journey = self.journey(conn, row.journey_key, row.version)
+            trigger = (row.context or {}).get("trigger")
+            goal = journey.goal
+            if (
+                goal is not None
+                and row.entered_at <= event.at <= row.entered_at + goal.within
+                and event_matches(goal, event, trigger)
+                and (goal.if_ is None or holds(goal.if_))
+            ):
+                revenue = json_at(event.properties, goal.revenue) if goal.revenue else None
+                ended = row.status == "active"
+                conn.execute(
+                    update(t.enrolments)
+                    .where(n.id == row.id)
+                    .values(
+                        status="converted",
+                        converted_at=event.at,
+                        revenue=float(cast(float, revenue)) if _is_number(revenue) else None,
+                        due_at=None,
+                        ended_at=now if ended else row.ended_at,
+                        end_reason="goal" if ended else row.end_reason,
+                    )
+                )
+                continue
+            if row.status != "active":
+                continue
+            rule = next((r for r in journey.exit if exit_matches(r, event, trigger, holds)), None)
+            if rule is not None:
+                reason = rule.reason or f"exit: {event.name}"
+                self._end(conn, row.id, "exited", reason, now)
+                continue
+            if row.control or row.step is None:
+                continue
+            step = journey.step(row.step)
+            if isinstance(step, WaitStep):
+                self._wake(conn, row, journey, step, event, now, holds)
+
+    def _wake(
+        self,
+        conn: Connection,
+        row: Any,
+        journey: Journey,
+        step: WaitStep,
+        event: Happened,
+        now: datetime,
+        holds: ip.Holds,
+    ) -> None:
+        trigger = (row.context or {}).get("trigger")
+        n = t.enrolments.c
+        if step.until_event is not None and event_matches(step.until_event, event, trigger):
+            if step.until_event.if_ is not None and not holds(step.until_event.if_):
+                return
+            context = dict(row.context or {})
+            context.pop("wait", None)
+            context["event"] = event.to_context()
+            contacts = self.contacts(conn, [row.contact_id])
+            contact = contacts.get(row.contact_id) or ip.Contact(row.contact_id)
+            target = step.on_event or journey.following(step.id)
+            moved = ip.move(journey, target, contact, context, now, self.options.default_timezone)
+            self._log(conn, row, step.id, "event", now)
+            conn.execute(
+                update(t.enrolments)
+                .where(n.id == row.id)
+                .values(
+                    step=moved.step,
+                    due_at=moved.due_at,
+                    seq=row.seq + 1,
+                    attempts=0,
+                    context=context,
+                    status=moved.status,
+                    ended_at=None if moved.status == "active" else now,
+                    end_reason=moved.reason,
+                )
+            )
+            return
+        if step.for_ is not None and any(
+            event_matches(m, event, trigger) and (m.if_ is None or holds(m.if_))
+            for m in step.restart_on
+        ):
+            context = dict(row.context or {})
+            context["wait"] = {"step": step.id, "since": event.at.isoformat()}
+            conn.execute(
+                update(t.enrolments)
+                .where(n.id == row.id)
+                .values(due_at=max(event.at + step.for_, now), context=context)
+            )
+
+    def _trigger(
+        self,
+        conn: Connection,
+        event: Happened,
+        now: datetime,
+        journeys: dict[str, Any],
+        holds: ip.Holds,
+    ) -> None:
+        for key, row in journeys.items():
+            if row.status != "active" or row.version is None:
+                continue
+            journey = self.journey(conn, key, row.version)
+            trigger = journey.trigger
+            if isinstance(trigger, EventTrigger | SegmentTrigger) and trigger_matches(
+                trigger, event
+            ):
+                self.entries.enter(
+                    conn,
+                    journey,
+                    row.version,
+                    event.contact_id,
+                    entry_key=f"event:{event.message_id}",
+                    trigger=event.to_context(),
+                    now=now,
+                    holds=holds,
+                )
+
+    def _log(self, conn: Connection, row: Any, step: str, outcome: str, now: datetime) -> None:
+        conn.execute(
+            t.journey_steps.insert().values(
+                enrolment_id=row.id,
+                seq=row.seq,
+                journey_key=row.journey_key,
+                version=row.version,
+                step=step,
+                contact_id=row.contact_id,
+                outcome=outcome,
+                executed_at=now,
+            )
+        )
+
+    def _end(
+        self, conn: Connection, enrolment_id: int, status: str, reason: str, now: datetime
+    ) -> None:
+        n = t.enrolments.c
+        conn.execute(
+            update(t.enrolments)
+            .where(n.id == enrolment_id, n.status == "active")
+            .values(status=status, end_reason=reason, ended_at=now, due_at=None)
+        )
+
+    # -- due steps -----------------------------------------------------------------------
+    def run_due(self, limit: int | None = None) -> int:
+        """Run the current step of up to `limit` due enrolments; returns how many ran."""
+        limit = limit or self.options.batch
+        now = self.clock.now()
+        calls: list[tuple[ip.Enrolment, Journey, ip.Contact]] = []
+        timing: list[tuple[datetime, datetime]] = []
+        with self.db.write() as conn:
+            journeys = self.versions.journeys(conn)
+            held = [k for k, r in journeys.items() if r.status == "paused"]
+            n = t.enrolments.c
+            query = select(t.enrolments).where(n.status == "active", n.due_at <= now)
+            if held:
+                query = query.where(n.journey_key.not_in(held))
+            query = query.order_by(n.due_at).limit(limit)
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = conn.execute(query).all()
+            if not rows:
+                return 0
+            contacts = self.contacts(conn, [r.contact_id for r in rows])
+            holds = self.holds_for(conn, now)
+            writes = _Writes()
+            for row in rows:
+                timing.append((row.due_at, now))
+                enrolment = _enrolment(row)
+                contact = contacts.get(row.contact_id)
+                if contact is None:  # erased meanwhile
+                    writes.moves.append(_ended(enrolment, "exited", "contact erased", now))
+                    continue
+                if contact.id != row.contact_id:
+                    enrolment.contact_id = contact.id  # merged: follow the survivor
+                try:
+                    journey = self.journey(conn, row.journey_key, row.version)
+                    if enrolment.control:
+                        writes.moves.append(
+                            _ended(enrolment, "completed", "control: window ended", now)
+                        )
+                        continue
+                    assert enrolment.step is not None
+                    if ip.http_target(journey, enrolment.step) is not None:
+                        calls.append((enrolment, journey, contact))
+                        continue
+                    transition = ip.run(
+                        journey,
+                        enrolment,
+                        contact,
+                        holds(contact.id),
+                        now,
+                        self.options.default_timezone,
+                    )
+                except Exception as exc:  # one enrolment's failure stops no other
+                    log.warning("step %s of enrolment %s failed", row.step, row.id, exc_info=True)
+                    writes.moves.append(self._failure(enrolment, str(exc) or repr(exc), now))
+                    continue
+                self._collect(writes, enrolment, contact, transition, now)
+            self._lease(conn, calls, now)
+            self._write(conn, writes, now)
+        for callback in self.on_steps:
+            callback(timing)
+        if calls:
+            self._call(calls)
+        return len(rows)
+
+    def _failure(
+        self, enrolment: ip.Enrolment, error: str, now: datetime, *, attempts: int | None = None
+    ) -> dict[str, Any]:
+        tries = enrolment.attempts + 1
+        limit = attempts if attempts is not None else self.options.step_attempts
+        if tries >= limit:
+            move = _ended(enrolment, "failed", f"step {enrolment.step} failed: {error}", now)
+            move.update(attempts=tries, last_error=error, step=enrolment.step)
+            return move
+        delay = backoff(tries, key=enrolment.run_key)
+        return {
+            **_position(enrolment),
+            "attempts": tries,
+            "last_error": error,
+            "due_at": now + timedelta(seconds=delay),
+        }
+
+    def _collect(
+        self,
+        writes: _Writes,
+        enrolment: ip.Enrolment,
+        contact: ip.Contact,
+        transition: ip.Transition,
+        now: datetime,
+    ) -> None:
+        if not transition.outcome:  # re-armed, nothing ran
+            writes.moves.append({**_position(enrolment), "due_at": transition.due_at})
+            return
+        assert enrolment.step is not None
+        writes.steps.append(
+            {
+                "enrolment_id": enrolment.id,
+                "seq": enrolment.seq,
+                "journey_key": enrolment.journey_key,
+                "version": enrolment.version,
+                "step": enrolment.step,
+                "contact_id": contact.id,
+                "outcome": transition.outcome,
+                "executed_at": now,
+            }
+        )
+        if transition.message is not None:
+            writes.outbox.append(
+                {
+                    **transition.message,
+                    "idempotency_key": enrolment.run_key,
+                    "contact_id": contact.id,
+                    "enrolment_id": enrolment.id,
+                    "journey_key": enrolment.journey_key,
+                    "version": enrolment.version,
+                    "step": enrolment.step,
+                    "status": "queued",
+                    "created_at": now,
+                    "send_after": now,
+                }
+            )
+        if transition.update is not None:
+            writes.updates.setdefault(contact.id, []).append(transition.update)
+        if transition.score is not None:
+            writes.events.append(_points_event(enrolment, contact.id, transition.score, now))
+        writes.moves.append(
+            {
+                "id": enrolment.id,
+                "contact_id": contact.id,
+                "step": transition.step,
+                "due_at": transition.due_at,
+                "seq": enrolment.seq + 1,
+                "attempts": 0,
+                "last_error": None,
+                "context": enrolment.context,
+                "status": transition.status,
+                "ended_at": None if transition.status == "active" else now,
+                "end_reason": transition.reason,
+            }
+        )
+
+    def _write(self, conn: Connection, writes: _Writes, now: datetime) -> None:
+        n = t.enrolments.c
+        if writes.steps:
+            insert_rows(conn, t.journey_steps, writes.steps)
+        if writes.outbox:
+            insert_rows(conn, t.outbox, writes.outbox, ignore_conflicts=True)
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for move in writes.moves:
+            by_shape.setdefault(tuple(sorted(move)), []).append(move)
+        for shape, moves in by_shape.items():
+            values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in shape if k != "id"}
+            stmt = update(t.enrolments).where(n.id == bindparam("v_id")).values(values)
+            conn.execute(stmt, [{f"v_{k}": v for k, v in m.items()} for m in moves])
+        if writes.updates:
+            self._write_traits(conn, writes.updates, now)
+        if writes.events:
+            insert_rows(conn, t.events, writes.events, ignore_conflicts=True)
+            queue_evaluations(
+                conn,
+                [e["contact_id"] for e in writes.events],
+                now,
+                arrived=[(e["contact_id"], "system", POINTS_EVENT) for e in writes.events],
+            )
+
+    def _write_traits(
+        self, conn: Connection, updates: dict[int, list[UpdateStep]], now: datetime
+    ) -> None:
+        # Ingest resolves identities and writes traits under this lock on PostgreSQL: take
+        # turns with it and apply the steps to the traits as they are now, or one of the
+        # two writes would overwrite the other's.
+        self.db.lock_identities(conn)
+        c = t.contacts.c
+        current = {
+            r.id: r.traits or {}
+            for r in conn.execute(select(c.id, c.traits).where(one_of(conn, c.id, list(updates))))
+        }
+        for contact_id, steps in updates.items():
+            traits = dict(current.get(contact_id, {}))
+            for step in steps:
+                traits = _updated(traits, step)
+            conn.execute(
+                update(t.contacts).where(c.id == contact_id).values(traits=traits, updated_at=now)
+            )
+        queue_evaluations(
+            conn, list(updates), now, arrived=[(cid, "identify", "") for cid in updates]
+        )
+
+    # -- HTTP calls ----------------------------------------------------------------------
+    def _lease(
+        self,
+        conn: Connection,
+        calls: list[tuple[ip.Enrolment, Journey, ip.Contact]],
+        now: datetime,
+    ) -> None:
+        """Push the calls' due time past their timeout, so that no other worker makes the
+        same call meanwhile; a crash lets the lease run out and the call is made again."""
+        n = t.enrolments.c
+        for enrolment, journey, _ in calls:
+            assert enrolment.step is not None
+            target = ip.http_target(journey, enrolment.step)
+            assert target is not None
+            conn.execute(
+                update(t.enrolments)
+                .where(n.id == enrolment.id)
+                .values(due_at=now + target.timeout + LEASE_MARGIN)
+            )
+
+    def _call(self, calls: list[tuple[ip.Enrolment, Journey, ip.Contact]]) -> None:
+        def one(item: tuple[ip.Enrolment, Journey, ip.Contact]) -> WebhookOutcome:
+            enrolment, journey, contact = item
+            assert enrolment.step is not None
+            target = ip.http_target(journey, enrolment.step)
+            assert target is not None
+            secret = self.options.secret(target.secret_env) if target.secret_env else None
+            if target.secret_env and secret is None:
+                return WebhookOutcome(
+                    "fail", None, f"the secret {target.secret_env} is not set", None, None
+                )
+            request = WebhookRequest(
+                url=target.url,
+                method=target.method,
+                headers=target.headers,
+                body=ip.http_body(journey, enrolment, contact),
+                secret=secret,
+                timeout=target.timeout.total_seconds(),
+                idempotency_key=f"nurture-{enrolment.run_key}",
+            )
+            return self.webhooks.call(request, now=int(self.clock.now().timestamp()))
+
+        with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
+            outcomes = list(pool.map(one, calls))
+        now = self.clock.now()
+        with self.db.write() as conn:
+            n = t.enrolments.c
+            for (enrolment, journey, contact), outcome in zip(calls, outcomes, strict=True):
+                current = conn.execute(select(n.seq, n.status).where(n.id == enrolment.id)).first()
+                if current is None or current.seq != enrolment.seq or current.status != "active":
+                    continue  # moved on meanwhile (an exit rule, a goal): the result is moot
+                writes = _Writes()
+                assert enrolment.step is not None
+                target = ip.http_target(journey, enrolment.step)
+                assert target is not None
+                if outcome.kind == "ok":
+                    moved = ip.move(
+                        journey,
+                        journey.following(enrolment.step),
+                        contact,
+                        enrolment.context,
+                        now,
+                        self.options.default_timezone,
+                    )
+                    moved.outcome = f"called:{outcome.status}"
+                    self._collect(writes, enrolment, contact, moved, now)
+                else:
+                    error = outcome.error or outcome.kind
+                    tries = 1 if outcome.kind == "fail" else target.retries + 1
+                    move = self._failure(enrolment, error, now, attempts=tries)
+                    if (
+                        outcome.kind == "retry"
+                        and outcome.retry_after
+                        and move.get("status") is None
+                    ):
+                        move["due_at"] = max(
+                            move["due_at"], now + timedelta(seconds=outcome.retry_after)
+                        )
+                    writes.moves.append(move)
+                self._write(conn, writes, now)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _enrolment(row: Any) -> ip.Enrolment:
+    return ip.Enrolment(
+        id=row.id,
+        journey_key=row.journey_key,
+        version=row.version,
+        contact_id=row.contact_id,
+        step=row.step,
+        due_at=row.due_at,
+        seq=row.seq,
+        attempts=row.attempts,
+        control=row.control,
+        context=dict(row.context or {}),
+        entered_at=row.entered_at,
+        status=row.status,
+    )
+
+
+def _position(enrolment: ip.Enrolment) -> dict[str, Any]:
+    return {"id": enrolment.id, "contact_id": enrolment.contact_id}
+
+
+def _ended(enrolment: ip.Enrolment, status: str, reason: str, now: datetime) -> dict[str, Any]:
+    return {
+        **_position(enrolment),
+        "status": status,
+        "end_reason": reason,
+        "ended_at": now,
+        "due_at": None,
+    }
+
+
+def _updated(traits: dict[str, Any], step: UpdateStep) -> dict[str, Any]:
+    out = dict(traits)
+    for path, value in step.set.items():
+        _set_path(out, path.split("."), value)
+    for path in step.unset:
+        _unset_path(out, path.split("."))
+    if step.add_tags or step.remove_tags:
+        tags = [x for x in out.get("tags") or [] if isinstance(x, str)]
+        tags += [x for x in step.add_tags if x not in tags]
+        out["tags"] = [x for x in tags if x not in step.remove_tags]
+    return out
+
+
+def _set_path(doc: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            doc[part] = child
+        else:
+            child = dict(child)
+            doc[part] = child
+        doc = child
+    doc[parts[-1]] = value
+
+
+def _unset_path(doc: dict[str, Any], parts: list[str]) -> None:
+    for part in parts[:-1]:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            return
+        child = dict(child)
+        doc[part] = child
+        doc = child
+    doc.pop(parts[-1], None)
+
+
+def _points_event(
+    enrolment: ip.Enrolment, contact_id: int, step: Any, now: datetime
+) -> dict[str, Any]:
+    model = step.model
+    return {
+        "message_id": f"{POINTS_EVENT}:{enrolment.run_key}",
+        "type": "system",
+        "event": POINTS_EVENT,
+        "contact_id": contact_id,
+        "timestamp": now,
+        "received_at": now,
+        "properties": {
+            "model": model,
+            "points": step.points,
+            "reason": step.reason,
+            "journey": enrolment.journey_key,
+        },
+    }

@@ -1,0 +1,94 @@
+"""Abandoned cart: wait 1 h, email; no order → wait 1 day, branch on cart value
+(discount email or SMS); an order for this cart ends it. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.journeys.world import World
+
+CART = {
+    "key": "abandoned_cart",
+    "name": "Abandoned cart",
+    "trigger": {"event": "Product Added"},
+    "entry": {"reentry": "always"},
+    "goal": {"event": "Order Completed", "same": ["cart_id"], "revenue": "total", "within": "7d"},
+    "exit": [{"event": "Order Completed", "same": ["cart_id"]}],
+    "steps": [
+        {"id": "wait_hour", "type": "wait", "for": "1h"},
+        {"id": "reminder", "type": "send", "channel": "email", "template": "cart_reminder"},
+        {"id": "wait_day", "type": "wait", "for": "1d"},
+        {
+            "id": "by_value",
+            "type": "branch",
+            "cases": [
+                {
+                    "if": {"event": "Product Added", "where": [{"property": "price", "gte": 100}]},
+                    "next": "discount",
+                }
+            ],
+            "else": "sms",
+        },
+        {"id": "discount", "type": "send", "channel": "email", "template": "cart_discount",
+         "next": "end"},
+        {"id": "sms", "type": "send", "channel": "sms", "template": "cart_sms"},
+    ],
+}  # fmt: skip
+
+
+def test_no_order_gets_the_reminder_then_the_discount_for_a_big_cart(world: World) -> None:
+    # Given the journey and a customer who adds an expensive product
+    world.publish(CART)
+    world.identify("ann", email="ann@example.com")
+    world.track("ann", "Product Added", cart_id="c1", price=150)
+    # When 59 minutes pass: nothing yet
+    world.advance(timedelta(minutes=59))
+    assert world.templates("ann") == []
+    # Then at one hour the reminder, and a day later the discount (cart over 100)
+    world.advance(timedelta(minutes=1))
+    assert world.templates("ann") == ["cart_reminder"]
+    world.advance(timedelta(days=1))
+    assert world.templates("ann") == ["cart_reminder", "cart_discount"]
+    (enrolment,) = world.enrolments("abandoned_cart", "ann")
+    assert enrolment.status == "completed"
+    assert [s for s, _ in world.steps(enrolment.id)] == [
+        "wait_hour", "reminder", "wait_day", "by_value", "discount",
+    ]  # fmt: skip
+
+
+def test_a_small_cart_gets_an_sms_instead(world: World) -> None:
+    world.publish(CART)
+    world.identify("bob", email="bob@example.com")
+    world.track("bob", "Product Added", cart_id="c2", price=20)
+    world.advance(timedelta(days=2))
+    assert [(m.channel, m.template) for m in world.outbox("bob")] == [
+        ("email", "cart_reminder"),
+        ("sms", "cart_sms"),
+    ]
+
+
+def test_an_order_for_the_cart_ends_it_and_converts_with_revenue(world: World) -> None:
+    world.publish(CART)
+    world.identify("cy", email="cy@example.com")
+    world.track("cy", "Product Added", cart_id="c3", price=150)
+    world.advance(timedelta(hours=2))
+    # When the customer orders this cart
+    world.track("cy", "Order Completed", cart_id="c3", total=150.5)
+    world.advance(timedelta(days=3))
+    # Then only the first reminder went, and the enrolment converted with the revenue
+    assert world.templates("cy") == ["cart_reminder"]
+    (enrolment,) = world.enrolments("abandoned_cart", "cy")
+    assert enrolment.status == "converted"
+    assert enrolment.revenue == 150.5
+    assert enrolment.end_reason == "goal"
+
+
+def test_an_order_for_another_cart_does_not_end_it(world: World) -> None:
+    world.publish(CART)
+    world.identify("di", email="di@example.com")
+    world.track("di", "Product Added", cart_id="c4", price=10)
+    world.track("di", "Order Completed", cart_id="other", total=5)
+    world.advance(timedelta(days=2))
+    assert world.templates("di") == ["cart_reminder", "cart_sms"]
+    (enrolment,) = world.enrolments("abandoned_cart", "di")
+    assert enrolment.status == "completed"
