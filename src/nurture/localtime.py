@@ -37,7 +37,7 @@ def zone(name: str | None, default: str = "UTC") -> ZoneInfo:
             return ZoneInfo(name.strip())
         except (ZoneInfoNotFoundError, ValueError, OSError):
             pass  # a bad trait must not stop a journey; the contact gets the default zone
-    return ZoneInfo(default)
+    return _known_zone(default)
 
 
 def _known_zone(name: str) -> ZoneInfo:
@@ -105,9 +105,8 @@ def _clock_reaches(day: date, at: time, tz: ZoneInfo) -> datetime:
     in a gap it is the switch itself, so 02:30-03:15 on a spring-forward day is 03:00-03:15.
     """
     instant = local_datetime(day, at, tz)
-    if instant.astimezone(tz).replace(tzinfo=None) == datetime.combine(
-        day, at.replace(tzinfo=None)
-    ):
+    wall = datetime.combine(day, at.replace(tzinfo=None))
+    if instant.astimezone(tz).replace(tzinfo=None) == wall:
         return instant
     # In the gap the offset changes between the readings of the wall time with the offset after
     # the switch (fold=1, too early) and before it (fold=0, too late); find it to the second.

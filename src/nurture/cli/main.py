@@ -9,7 +9,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from nurture.cli import importer, segments
+from nurture.cli import importer, segments, worker
 from nurture.cli.common import console, fail, running, settings
 from nurture.errors import NurtureError
 
@@ -30,7 +30,7 @@ app.add_typer(segments.scores_app, name="scores")
 app.command("import")(importer.import_command)
 app.command("validate")(segments.validate_command)
 app.command("apply")(segments.apply_command)
-app.command("worker")(segments.worker_command)
+app.command("worker")(worker.worker_command)
 
 
 @app.command()

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ from rich.table import Table
 
 from nurture.cli.common import console, fail, running
 from nurture.errors import NurtureError
-from nurture.segments.runner import EvaluationRunner
 
 segments_app = typer.Typer(help="Define, preview and inspect segments.", no_args_is_help=True)
 
@@ -132,24 +129,6 @@ def apply_command(
             failed = [r for r in report.segments if r.error]
             for r in failed:
                 console.print(f"[red]segment {r.key} failed:[/] {r.error}")
-
-
-def worker_command() -> None:
-    """Keep segments, stages and scores current (no HTTP), until interrupted."""
-    with running() as nurture:
-        s = nurture.settings
-        runner = EvaluationRunner(
-            nurture.engine, refresh_seconds=s.evaluation_refresh_seconds, batch=s.evaluation_batch
-        ).start()
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        console.print("evaluating; Ctrl-C to stop")
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            runner.stop()
 
 
 stages_app = typer.Typer(help="Lifecycle stages: counts and moves.", no_args_is_help=True)

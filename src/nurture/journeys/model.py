@@ -51,7 +51,14 @@ def _clock(value: str | None) -> str | None:
     return value
 
 
-ClockTime = Annotated[str, pydantic.AfterValidator(_clock)]
+def _sexagesimal(value: Any) -> Any:
+    # YAML 1.1 reads an unquoted 10:00 as the number 600 (base 60): read it back.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        return f"{value // 60:02d}:{value % 60:02d}"
+    return value
+
+
+ClockTime = Annotated[str, pydantic.BeforeValidator(_sexagesimal), pydantic.AfterValidator(_clock)]
 
 
 class EventMatch(_Model):

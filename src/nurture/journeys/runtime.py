@@ -144,8 +144,11 @@ class JourneyRuntime:
     def _lock_inbox(self, conn: Connection) -> bool:
         if self.db.is_sqlite:
             return True
+        # Keyed by schema too: advisory locks are per database, and schemas may each
+        # hold a Nurture (as tests do).
         got = conn.exec_driver_sql(
-            "SELECT pg_try_advisory_xact_lock(%(k)s)", {"k": INBOX_LOCK}
+            "SELECT pg_try_advisory_xact_lock(%(k)s, hashtext(current_schema()))",
+            {"k": INBOX_LOCK},
         ).scalar()
         return bool(got)
 

@@ -42,6 +42,29 @@ def scan(runtime: JourneyRuntime) -> int:
     return entered
 
 
+def next_fire(runtime: JourneyRuntime, until: datetime) -> datetime | None:
+    """The first moment after each journey's last scan, up to `until`, at which a date
+    or schedule trigger enters someone (for simulations that jump through time)."""
+    found: list[datetime] = []
+    with runtime.db.read() as conn:
+        for key, row in runtime.versions.journeys(conn).items():
+            if row.status != "active" or row.version is None:
+                continue
+            journey = runtime.journey(conn, key, row.version)
+            since = require(conn, key).scanned_to
+            if since is None or since >= until:
+                continue
+            trigger = journey.trigger
+            if isinstance(trigger, ScheduleTrigger):
+                fire = localtime.Cron(trigger.schedule, trigger.timezone).next_after(since)
+                if fire <= until:
+                    found.append(fire)
+            elif isinstance(trigger, DateTrigger):
+                due = _dates_due(runtime, conn, trigger, since, until)
+                found += [fire for _, fire in due]
+    return min(found, default=None)
+
+
 def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
     now = runtime.clock.now()
     entered = 0
@@ -49,7 +72,9 @@ def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
         if not runtime.db.is_sqlite:
             # One scanner per journey at a time; the others skip it this round.
             got = conn.exec_driver_sql(
-                "SELECT pg_try_advisory_xact_lock(7263554, hashtext(%(k)s))", {"k": journey.key}
+                "SELECT pg_try_advisory_xact_lock("
+                "7263554, hashtext(current_schema() || %(k)s))",
+                {"k": journey.key},
             ).scalar()
             if not got:
                 return 0

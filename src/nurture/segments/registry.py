@@ -26,7 +26,7 @@ from nurture.conditions.model import (
 )
 from nurture.conditions.references import condition_references
 from nurture.errors import NurtureError
-from nurture.lifecycle.scoring import ConditionRule, EventRule, ScoreModel, parse_score_model
+from nurture.lifecycle.scoring import ConditionRule, ScoreModel, parse_score_model
 from nurture.lifecycle.stages import StageModel, parse_stage_model
 from nurture.segments.definitions import SegmentDefinition, StoredDefinition, parse_segment
 
@@ -161,9 +161,7 @@ class Registry:
         for trait in self.computed.values():
             self.event_names |= trait.event_names()
         for scoring in self.score_models.values():
-            self.event_names |= {
-                (rule.type, rule.event) for rule in scoring.rules if isinstance(rule, EventRule)
-            }
+            self.event_names |= scoring.references().events
 
     def reference_problem(self, condition: Condition) -> str | None:
         """Why `condition` cannot be evaluated here (a missing segment, ...), or None."""
