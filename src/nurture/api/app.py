@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from nurture import __version__
-from nurture.api import admin, contacts, errors, ingest, lifecycle, segments
+from nurture.api import admin, contacts, errors, ingest, journeys, lifecycle, segments
 from nurture.core import Nurture
 
 
@@ -48,5 +48,6 @@ def create_app(nurture: Nurture, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(contacts.router)
     app.include_router(segments.router)
     app.include_router(lifecycle.router)
+    app.include_router(journeys.router)
     app.include_router(admin.router)
     return app
