@@ -71,3 +71,51 @@ def test_a_bad_file_is_reported_with_its_name_and_field(nurture: Nurture, tmp_pa
     write(tmp_path, "segments/vip.yaml", "key: vip\nwhere: {segment: nothing}\n")
     with pytest.raises(ValidationError, match="segment 'nothing' does not exist"):
         project.validate()
+
+
+JOURNEY_YAML = """\
+key: win_back
+name: Win back lapsed buyers
+trigger: {segment: lapsed}
+steps:
+  - {id: office, type: wait, until_window: {days: weekdays, from: 09:00, to: 18:00}}
+  - {id: mail, type: send, channel: email, template: %s}
+"""
+
+
+def test_journeys_in_project_files_are_published_versioned_and_archived(
+    nurture: Nurture, tmp_path: Path
+) -> None:
+    nurture.journeys.project_dir = tmp_path
+    project = Project(tmp_path, nurture.db, nurture.clock, nurture.journeys)
+    # Given a journey file that uses a segment defined in a file not applied yet
+    write(tmp_path, "templates/win_back.liquid", "We miss you")
+    write(tmp_path, "templates/win_back_2.liquid", "Still here")
+    write(tmp_path, "segments/lapsed.yaml", "key: lapsed\nwhere: {not: {event: Order Completed}}\n")
+    write(tmp_path, "journeys/win_back.yaml", JOURNEY_YAML % "win_back")
+    # When applied: the segment and the journey, published as version 1
+    plan = project.apply()
+    assert sorted((d.kind, d.key) for d in plan.add) == [
+        ("journey", "win_back"),
+        ("segment", "lapsed"),
+    ]
+    journey = nurture.journeys.get("win_back")
+    assert (journey["status"], journey["version"], journey["source"]) == ("active", 1, "file")
+    assert not project.plan()
+    # When the file changes: version 2
+    write(tmp_path, "journeys/win_back.yaml", JOURNEY_YAML % "win_back_2")
+    assert [d.key for d in project.apply().change] == ["win_back"]
+    assert nurture.journeys.get("win_back")["version"] == 2
+    # When the file goes: the journey is archived
+    (tmp_path / "journeys/win_back.yaml").unlink()
+    assert project.apply().archive == ["win_back"]
+    assert nurture.journeys.get("win_back")["status"] == "archived"
+
+
+def test_a_wrong_journey_file_names_the_file_and_field(nurture: Nurture, tmp_path: Path) -> None:
+    nurture.journeys.project_dir = tmp_path
+    project = Project(tmp_path, nurture.db, nurture.clock, nurture.journeys)
+    write(tmp_path, "journeys/bad.yaml", JOURNEY_YAML % "missing")
+    with pytest.raises(ValidationError) as caught:
+        project.validate()
+    assert caught.value.path == "journeys/bad.yaml.trigger.segment"

@@ -72,7 +72,7 @@ class Nurture:
             ),
         )
         self.journeys = JourneyService(self.journey_runtime, self.settings.project_dir)
-        self.project = Project(self.settings.project_dir, self.db, self.clock)
+        self.project = Project(self.settings.project_dir, self.db, self.clock, self.journeys)
         # The evaluator thread runs only where asked (the server); tests and commands
         # call the engine themselves.
         self.runner: EvaluationRunner | None = None

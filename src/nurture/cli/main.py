@@ -9,7 +9,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from nurture.cli import importer, segments, worker
+from nurture.cli import importer, journeys, segments, worker
 from nurture.cli.common import console, fail, running, settings
 from nurture.errors import NurtureError
 
@@ -27,6 +27,7 @@ app.add_typer(rejected_app, name="rejected")
 app.add_typer(segments.segments_app, name="segments")
 app.add_typer(segments.stages_app, name="stages")
 app.add_typer(segments.scores_app, name="scores")
+app.add_typer(journeys.journeys_app, name="journeys")
 app.command("import")(importer.import_command)
 app.command("validate")(segments.validate_command)
 app.command("apply")(segments.apply_command)

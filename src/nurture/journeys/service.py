@@ -45,19 +45,27 @@ class JourneyService:
             reference_problem=registry.reference_problem,
         )
 
-    def validate(self, data: Any, *, path: str = "") -> tuple[Journey, list[ValidationError]]:
-        """The journey and every problem with it as a whole (a shape error raises)."""
+    def validate(
+        self, data: Any, *, path: str = "", catalog: Catalog | None = None
+    ) -> tuple[Journey, list[ValidationError]]:
+        """The journey and every problem with it as a whole (a shape error raises).
+        `catalog` replaces what is stored (project files checked before applying)."""
         journey = parse_journey(data, path=path)
-        with self.db.read() as conn:
-            found = problems(journey, self.catalog(conn))
+        if catalog is None:
+            with self.db.read() as conn:
+                catalog = self.catalog(conn)
+        found = problems(journey, catalog)
         if path:
             for problem in found:
                 problem.path = f"{path}.{problem.path}" if problem.path else path
         return journey, found
 
-    def save(self, data: Any, *, source: str = "api", publish: bool = False) -> dict[str, Any]:
-        """Save a draft (valid as a whole), and publish it if asked."""
-        journey, found = self.validate(data)
+    def save(
+        self, data: Any, *, source: str = "api", publish: bool = False, check: bool = True
+    ) -> dict[str, Any]:
+        """Save a draft (valid as a whole), and publish it if asked. `check=False` is for
+        callers that checked it already, against definitions not stored yet."""
+        journey, found = self.validate(data) if check else (parse_journey(data), [])
         if found:
             first = found[0]
             if len(found) > 1:
