@@ -87,6 +87,9 @@ class Nurture:
         if background and self.settings.journeys_in_process:
             self.journey_runner = JourneyRunner(self.journey_runtime)
             self.writer.on_commit.append(self.journey_runner.notify)
+            # Evaluation's system events (segment.entered, ...) trigger journeys too.
+            wake = self.journey_runner.notify
+            self.engine.on_evaluated.append(lambda _waits: wake())
         self._started = False
 
     def start(self) -> Nurture:
