@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         None, description="Secret for signed links (tracking, preferences); set in production"
     )
 
+    @field_validator("default_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"not an IANA timezone name: {value!r}") from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
