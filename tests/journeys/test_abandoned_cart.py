@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import func, select
 from tests.journeys.world import World
+
+from nurture.store import tables as t
 
 CART = {
     "key": "abandoned_cart",
@@ -92,3 +95,27 @@ def test_an_order_for_another_cart_does_not_end_it(world: World) -> None:
     assert world.templates("di") == ["cart_reminder", "cart_sms"]
     (enrolment,) = world.enrolments("abandoned_cart", "di")
     assert enrolment.status == "completed"
+
+
+def test_an_anonymous_cart_is_ended_by_the_order_after_login(world: World) -> None:
+    # Given a known customer, and an anonymous visitor who adds to cart, then logs in as
+    # that customer (the two contacts merge)
+    world.publish(CART)
+    world.identify("eve", email="eve@example.com")
+    world._send({"type": "track", "anonymousId": "anon-1", "event": "Product Added",
+                 "properties": {"cart_id": "c9", "price": 10}})  # fmt: skip
+    world._send({"type": "identify", "anonymousId": "anon-1", "userId": "eve",
+                 "traits": {"email": "eve@example.com"}})  # fmt: skip
+    with world.n.db.read() as conn:
+        merged = conn.execute(
+            select(func.count()).where(t.contacts.c.merged_into.is_not(None))
+        ).scalar_one()
+    assert merged == 1
+    # When the identified customer orders that cart within the hour
+    world.advance(timedelta(minutes=10))
+    world.track("eve", "Order Completed", cart_id="c9", total=10)
+    world.advance(timedelta(days=2))
+    # Then no reminder went and the enrolment converted
+    assert world.outbox() == []
+    (enrolment,) = world.enrolments("abandoned_cart")
+    assert enrolment.status == "converted"

@@ -187,11 +187,13 @@ class JourneyRuntime:
 
     def _react(self, conn: Connection, event: Happened, now: datetime, holds: ip.Holds) -> None:
         """Goals, exit rules and waits of the contact's enrolments."""
-        n = t.enrolments.c
+        n, c = t.enrolments.c, t.contacts.c
+        # Enrolments of contacts merged into this one still carry their old id.
+        merged = conn.execute(select(c.id).where(c.merged_into == event.contact_id)).scalars()
         rows = conn.execute(
             select(t.enrolments)
             .where(
-                n.contact_id == event.contact_id,
+                one_of(conn, n.contact_id, [event.contact_id, *merged]),
                 n.status.in_(("active", "completed")),
                 n.converted_at.is_(None),
             )

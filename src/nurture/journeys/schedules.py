@@ -72,8 +72,7 @@ def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
         if not runtime.db.is_sqlite:
             # One scanner per journey at a time; the others skip it this round.
             got = conn.exec_driver_sql(
-                "SELECT pg_try_advisory_xact_lock("
-                "7263554, hashtext(current_schema() || %(k)s))",
+                "SELECT pg_try_advisory_xact_lock(7263554, hashtext(current_schema() || %(k)s))",
                 {"k": journey.key},
             ).scalar()
             if not got:
