@@ -201,7 +201,7 @@ def run(
                 "kind": step.kind,
                 "topic": step.topic,
                 "recipient": None,
-                "payload": payload(journey, enrolment, contact),
+                "payload": payload(journey, enrolment),
             }
             outcome = f"sent:{variant}" if variant else "sent"
         case BranchStep():
@@ -227,7 +227,7 @@ def run(
                 "kind": "notification",
                 "topic": None,
                 "recipient": step.to,
-                "payload": {**payload(journey, enrolment, contact), "note": step.note},
+                "payload": {**payload(journey, enrolment), "note": step.note},
             }
             outcome = "notified"
         case ExitStep():
@@ -274,20 +274,19 @@ def http_body(journey: Journey, enrolment: Enrolment, contact: Contact) -> Any:
     step = journey.step(enrolment.step)
     if isinstance(step, WebhookStep) and step.body is not None:
         return step.body
-    body = payload(journey, enrolment, contact)
+    body = {**payload(journey, enrolment), "contact": contact.to_context()}
     if isinstance(step, NotifyStep):
         body["note"] = step.note
     return body
 
 
-def payload(journey: Journey, enrolment: Enrolment, contact: Contact) -> dict[str, Any]:
-    """What a message or call knows: the contact, the event that started the enrolment,
-    the event that ended a wait, and where in which journey it comes from."""
+def payload(journey: Journey, enrolment: Enrolment) -> dict[str, Any]:
+    """What a message knows besides the contact (read fresh when it is sent): the event
+    that started the enrolment, the event that ended a wait, and where it comes from."""
     context = enrolment.context
     return {
         "journey": {"key": journey.key, "version": enrolment.version, "step": enrolment.step},
         "enrolment": enrolment.id,
-        "contact": contact.to_context(),
         "trigger": context.get("trigger"),
         "event": context.get("event"),
     }

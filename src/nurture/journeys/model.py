@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import time, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -456,18 +457,22 @@ class Journey(_Model):
     def step(self, step_id: str) -> Step:
         return self.by_id[step_id]
 
-    @property
+    @cached_property
     def by_id(self) -> dict[str, Step]:
         return {s.id: s for s in self.steps}
+
+    @cached_property
+    def _following(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for index, step in enumerate(self.steps):
+            after = self.steps[index + 1].id if index + 1 < len(self.steps) else END
+            out.setdefault(step.id, step.next if step.next is not None else after)
+        return out
 
     def following(self, step_id: str) -> str:
         """Where a step goes when it names no other target: its `next`, else the step
         after it in the list, else the end."""
-        index = next(i for i, s in enumerate(self.steps) if s.id == step_id)
-        step = self.steps[index]
-        if step.next is not None:
-            return step.next
-        return self.steps[index + 1].id if index + 1 < len(self.steps) else END
+        return self._following[step_id]
 
 
 def parse_journey(data: Any, *, path: str = "") -> Journey:
