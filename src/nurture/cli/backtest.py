@@ -20,7 +20,8 @@ from nurture.cli.common import console, err_console, fail, settings
 from nurture.conditions.durations import parse_date_ref
 from nurture.core import Nurture
 from nurture.errors import NurtureError
-from nurture.journeys.backtest import BacktestReport, backtest
+from nurture.journeys.backtest import backtest
+from nurture.journeys.backtest_report import BacktestReport
 from nurture.journeys.model import Journey
 from nurture.store.types import from_microseconds, to_microseconds
 
@@ -28,8 +29,8 @@ FORMATS = ("table", "json")
 
 
 def backtest_command(
-    key: str | None = typer.Argument(
-        None, metavar="JOURNEY", help="A published journey's key; or give --file"
+    journey: str | None = typer.Argument(
+        None, metavar="JOURNEY", help="A published journey's key (optional with --file)"
     ),
     file: Path | None = typer.Option(
         None, "--file", "-f", help="A journey definition (YAML or JSON), published or not"
@@ -43,8 +44,8 @@ def backtest_command(
 ) -> None:
     """Replay stored events of a period through a journey on a simulated clock and report
     who would have entered, their messages and when, conversions and exits. Writes nothing."""
-    if (key is None) == (file is None):
-        raise fail("give a journey key or --file, not both")
+    if journey is None and file is None:
+        raise fail("give a journey key or --file")
     if output not in FORMATS:
         raise fail(f"--format: expected one of {', '.join(FORMATS)}")
     # Not started: a back-test only reads, so it neither migrates nor starts the writer.
@@ -54,13 +55,15 @@ def backtest_command(
         nurture.stop()
         raise fail(f"no database at {path}")  # rather than create an empty one
     try:
-        journey = _journey(nurture, key, file)
+        definition = _journey(nurture, journey, file)
+        if journey is not None and definition.key != journey:
+            raise fail(f"{file} defines the journey {definition.key!r}, not {journey!r}")
         now = nurture.clock.now()
         first = _moment(start, now, "--from")
         last = _moment(end, now, "--to") if end is not None else now
         if last <= first:
             raise fail("--to must be after --from")
-        report = _run(nurture, journey, first, last)
+        report = _run(nurture, definition, first, last)
     except NurtureError as exc:
         raise fail(exc) from None
     except SQLAlchemyError as exc:
@@ -72,11 +75,11 @@ def backtest_command(
     if output == "json":
         print(json.dumps(report.to_dict()))
     else:
-        _print(report, journey, messages)
+        _print(report, definition, messages)
 
 
 def _journey(nurture: Nurture, key: str | None, file: Path | None) -> Journey:
-    """The published version of `key`, or the definition in `file`, checked as a whole."""
+    """The definition in `file` (checked as a whole), else the published version of `key`."""
     if file is None:
         assert key is not None
         return nurture.journeys.definition(key)

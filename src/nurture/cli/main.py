@@ -9,7 +9,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from nurture.cli import importer, journeys, segments, worker
+from nurture.cli import backtest, importer, journeys, segments, worker
 from nurture.cli.common import console, fail, running, settings
 from nurture.errors import NurtureError
 
@@ -32,6 +32,7 @@ app.command("import")(importer.import_command)
 app.command("validate")(segments.validate_command)
 app.command("apply")(segments.apply_command)
 app.command("worker")(worker.worker_command)
+app.command("backtest")(backtest.backtest_command)
 
 
 @app.command()

@@ -15,9 +15,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import bisect_right
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,9 +25,17 @@ from sqlalchemy import Connection, and_, or_, select
 
 from nurture import localtime
 from nurture.conditions.facts import ContactFacts, load_facts
-from nurture.conditions.memory import Evaluator, json_at
+
+# The live engine's own helpers (private to their modules), so that both mean the same.
+from nurture.conditions.memory import Evaluator, is_number, json_at
 from nurture.conditions.model import Condition
 from nurture.journeys import interpreter as ip
+from nurture.journeys.backtest_report import (
+    BacktestReport,
+    Conversion,
+    Entrant,
+    SimMessage,
+)
 from nurture.journeys.matching import (
     Happened,
     event_matches,
@@ -46,8 +54,9 @@ from nurture.journeys.model import (
     SegmentTrigger,
     WaitStep,
 )
-from nurture.journeys.runtime import JourneyRuntime, _is_number, _updated
-from nurture.journeys.schedules import _audience, _dates_due
+from nurture.journeys.runtime import JourneyRuntime
+from nurture.journeys.schedules import audience, dates_due
+from nurture.journeys.traits import apply_update
 from nurture.store import tables as t
 from nurture.store.types import to_microseconds
 
@@ -59,130 +68,10 @@ BURST = 1000  # steps one enrolment may run at one instant: more is a loop witho
 # A timeline item: (at, 0 for an event | 1 for a timed entry, tiebreak, what).
 Item = tuple[datetime, int, int, Any]
 
-CAVEATS = [
-    "Traits are today's (the store keeps no trait history), changed only by the journey's "
-    "own update steps; segment memberships, stages, scores and consents are today's too.",
-    "Re-entry rules count this back-test's enrolments only, not live ones from before it.",
-    "Nothing is sent or called: webhooks count as answered 200; consent, suppression and "
-    "send-time rules are not applied; score steps add no points events.",
-    "Steps run exactly when due: no worker delay, no retries.",
-]
 TRIGGER_CAVEATS = {
     ApiTrigger: "API entries are not stored history: nobody enters an API-triggered journey.",
     SegmentTrigger: "Segment entries replay the stored segment.entered/exited events.",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SimMessage:
-    """A message the journey would have written to the outbox."""
-
-    contact_id: int
-    user_id: str | None
-    step: str
-    channel: str
-    template: str | None
-    variant: str | None
-    kind: str
-    recipient: str | None  # a person notified; None: the contact
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Conversion:
-    contact_id: int
-    user_id: str | None
-    at: datetime
-    revenue: float | None
-    control: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Entrant:
-    """Who entered, when, and how the enrolment stood at the end of the period."""
-
-    contact_id: int
-    user_id: str | None
-    at: datetime
-    control: bool
-    status: str  # active | completed | converted | exited | failed
-    reason: str | None
-    step: str | None  # where a still active enrolment waits
-
-
-@dataclass
-class BacktestReport:
-    """What the journey would have done in the period: entries, messages, step runs,
-    conversions, and how enrolments ended or where they still wait."""
-
-    journey: str
-    start: datetime
-    end: datetime
-    events: int = 0  # events replayed
-    entered: int = 0
-    control: int = 0  # held out: enrolled, never messaged
-    refused: Counter[str] = field(default_factory=Counter)  # by reason
-    messages: list[SimMessage] = field(default_factory=list)
-    steps: dict[str, dict[str, int]] = field(default_factory=dict)  # step → outcome → runs
-    conversions: list[Conversion] = field(default_factory=list)
-    completed: int = 0
-    exits: Counter[str] = field(default_factory=Counter)  # by reason
-    failed: Counter[str] = field(default_factory=Counter)  # by error
-    active: Counter[str] = field(default_factory=Counter)  # by step ("control": held out)
-    webhooks: Counter[str] = field(default_factory=Counter)  # "POST https://..." → calls
-    points: dict[str, float] = field(default_factory=dict)  # by score model ("": default)
-    entrants: list[Entrant] = field(default_factory=list)
-    caveats: list[str] = field(default_factory=lambda: list(CAVEATS))
-
-    @property
-    def converted(self) -> int:
-        """Conversions of the messaged group (the control group's are apart, for lift)."""
-        return sum(1 for c in self.conversions if not c.control)
-
-    @property
-    def revenue(self) -> float:
-        return sum(c.revenue or 0.0 for c in self.conversions if not c.control)
-
-    def by_contact(self) -> dict[int, float]:
-        """The messaged group's conversion revenue, by contact."""
-        out: dict[int, float] = {}
-        for c in self.conversions:
-            if not c.control:
-                out[c.contact_id] = out.get(c.contact_id, 0.0) + (c.revenue or 0.0)
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        control = [c for c in self.conversions if c.control]
-        return {
-            "journey": self.journey,
-            "period": {"from": self.start.isoformat(), "to": self.end.isoformat()},
-            **{k: getattr(self, k) for k in ("events", "entered", "control", "refused")},
-            "messages": [_camel(m) for m in self.messages],
-            "steps": self.steps,
-            "conversions": {
-                "count": self.converted,
-                "revenue": self.revenue,
-                "controlCount": len(control),
-                "controlRevenue": sum(c.revenue or 0.0 for c in control),
-                "items": [_camel(c) for c in self.conversions],
-            },
-            **{k: getattr(self, k) for k in ("completed", "exits", "failed", "active")},
-            "webhooks": self.webhooks,
-            "points": self.points,
-            "entrants": [_camel(e) for e in self.entrants],
-            "caveats": self.caveats,
-        }
-
-
-def _camel(item: Any) -> dict[str, Any]:
-    """A record as the API writes it: camelCase keys (contactId), times in ISO 8601."""
-    out: dict[str, Any] = {}
-    for key, value in asdict(item).items():
-        head, *rest = key.split("_")
-        out[head + "".join(p.title() for p in rest)] = (
-            value.isoformat() if isinstance(value, datetime) else value
-        )
-    return out
 
 
 def backtest(
@@ -333,7 +222,7 @@ class _Simulation:
             while since < self.end:
                 until = min(since + DATE_WINDOW, self.end)
                 with self.rt.db.read() as conn:
-                    due = _dates_due(self.rt, conn, trigger, since, until)
+                    due = dates_due(self.rt, conn, trigger, since, until)
                 for contact_id, fire in sorted(due, key=lambda d: (d[1], d[0])):
                     what = (contact_id, {"date": trigger.date, "at": fire.isoformat()})
                     yield fire, 1, next(tick), what
@@ -343,9 +232,9 @@ class _Simulation:
             fire = cron.next_after(since)
             while fire <= self.end:
                 with self.rt.db.read() as conn:
-                    audience = _audience(self.rt, conn, trigger, fire)
+                    members = audience(self.rt, conn, trigger, fire)
                 context = {"schedule": trigger.schedule, "at": fire.isoformat()}
-                for contact_id in audience:
+                for contact_id in members:
                     yield fire, 1, next(tick), (contact_id, context)
                 fire = cron.next_after(fire)
 
@@ -457,7 +346,7 @@ class _Simulation:
             and (goal.if_ is None or holds(goal.if_))
         ):
             value = json_at(event.properties, goal.revenue) if goal.revenue else None
-            revenue = float(value) if _is_number(value) and value is not None else None
+            revenue = float(value) if is_number(value) and value is not None else None
             self.report.conversions.append(
                 Conversion(e.contact_id, run.user_id, event.at, revenue, e.control)
             )
@@ -557,7 +446,7 @@ class _Simulation:
                 )
             )  # fmt: skip
         if moved.update is not None:
-            contact.traits = _updated(contact.traits, moved.update)
+            contact.traits = apply_update(contact.traits, moved.update)
         if moved.score is not None:
             model = moved.score.model or ""
             self.report.points[model] = self.report.points.get(model, 0.0) + moved.score.points

@@ -28,13 +28,14 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 
 from nurture.clock import Clock
 from nurture.conditions.facts import ContactFacts, load_facts
-from nurture.conditions.memory import Evaluator, json_at
+from nurture.conditions.memory import Evaluator, is_number, json_at
 from nurture.conditions.model import Condition
 from nurture.journeys import interpreter as ip
 from nurture.journeys.entry import Entries
 from nurture.journeys.matching import Happened, event_matches, exit_matches, trigger_matches
 from nurture.journeys.model import EventTrigger, Journey, SegmentTrigger, UpdateStep, WaitStep
 from nurture.journeys.store import Versions
+from nurture.journeys.traits import apply_update
 from nurture.lifecycle.scoring import POINTS_EVENT
 from nurture.segments.engine import Engine
 from nurture.segments.queue import queue_evaluations
@@ -217,7 +218,7 @@ class JourneyRuntime:
                     .values(
                         status="converted",
                         converted_at=event.at,
-                        revenue=float(cast(float, revenue)) if _is_number(revenue) else None,
+                        revenue=float(cast(float, revenue)) if is_number(revenue) else None,
                         due_at=None,
                         ended_at=now if ended else row.ended_at,
                         end_reason="goal" if ended else row.end_reason,
@@ -517,7 +518,7 @@ class JourneyRuntime:
         for contact_id, steps in updates.items():
             traits = dict(current.get(contact_id, {}))
             for step in steps:
-                traits = _updated(traits, step)
+                traits = apply_update(traits, step)
             conn.execute(
                 update(t.contacts).where(c.id == contact_id).values(traits=traits, updated_at=now)
             )
@@ -607,10 +608,6 @@ class JourneyRuntime:
                 self._write(conn, writes, now)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _enrolment(row: Any) -> ip.Enrolment:
     return ip.Enrolment(
         id=row.id,
@@ -640,43 +637,6 @@ def _ended(enrolment: ip.Enrolment, status: str, reason: str, now: datetime) -> 
         "ended_at": now,
         "due_at": None,
     }
-
-
-def _updated(traits: dict[str, Any], step: UpdateStep) -> dict[str, Any]:
-    out = dict(traits)
-    for path, value in step.set.items():
-        _set_path(out, path.split("."), value)
-    for path in step.unset:
-        _unset_path(out, path.split("."))
-    if step.add_tags or step.remove_tags:
-        tags = [x for x in out.get("tags") or [] if isinstance(x, str)]
-        tags += [x for x in step.add_tags if x not in tags]
-        out["tags"] = [x for x in tags if x not in step.remove_tags]
-    return out
-
-
-def _set_path(doc: dict[str, Any], parts: list[str], value: Any) -> None:
-    for part in parts[:-1]:
-        child = doc.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            doc[part] = child
-        else:
-            child = dict(child)
-            doc[part] = child
-        doc = child
-    doc[parts[-1]] = value
-
-
-def _unset_path(doc: dict[str, Any], parts: list[str]) -> None:
-    for part in parts[:-1]:
-        child = doc.get(part)
-        if not isinstance(child, dict):
-            return
-        child = dict(child)
-        doc[part] = child
-        doc = child
-    doc.pop(parts[-1], None)
 
 
 def _points_event(

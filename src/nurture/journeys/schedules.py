@@ -60,7 +60,7 @@ def next_fire(runtime: JourneyRuntime, until: datetime) -> datetime | None:
                 if fire <= until:
                     found.append(fire)
             elif isinstance(trigger, DateTrigger):
-                due = _dates_due(runtime, conn, trigger, since, until)
+                due = dates_due(runtime, conn, trigger, since, until)
                 found += [fire for _, fire in due]
     return min(found, default=None)
 
@@ -84,7 +84,7 @@ def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
         holds = runtime.holds_for(conn, now)
         trigger = journey.trigger
         if isinstance(trigger, DateTrigger):
-            for contact_id, fire in _dates_due(runtime, conn, trigger, since, now):
+            for contact_id, fire in dates_due(runtime, conn, trigger, since, now):
                 result = runtime.entries.enter(
                     conn,
                     journey,
@@ -101,7 +101,7 @@ def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
             fire = cron.next_after(since)
             fires = 0
             while fire <= now and fires < MAX_FIRES:
-                for contact_id in _audience(runtime, conn, trigger, now):
+                for contact_id in audience(runtime, conn, trigger, now):
                     result = runtime.entries.enter(
                         conn,
                         journey,
@@ -121,7 +121,7 @@ def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
     return entered
 
 
-def _audience(
+def audience(
     runtime: JourneyRuntime, conn: Connection, trigger: ScheduleTrigger, now: datetime
 ) -> list[int]:
     registry = runtime.segments.registry(conn)
@@ -130,7 +130,7 @@ def _audience(
     return [int(i) for i in conn.execute(select(members.c.id).order_by(members.c.id)).scalars()]
 
 
-def _dates_due(
+def dates_due(
     runtime: JourneyRuntime,
     conn: Connection,
     trigger: DateTrigger,
