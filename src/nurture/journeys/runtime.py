@@ -22,18 +22,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from nurture.clock import Clock
 from nurture.conditions.facts import ContactFacts, load_facts
-from nurture.conditions.memory import Evaluator, is_number, json_at
+from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import Condition
 from nurture.journeys import interpreter as ip
 from nurture.journeys.entry import Entries
-from nurture.journeys.matching import Happened, event_matches, exit_matches, trigger_matches
-from nurture.journeys.model import EventTrigger, Journey, SegmentTrigger, UpdateStep, WaitStep
+from nurture.journeys.model import Journey, UpdateStep
+from nurture.journeys.reactions import Reactions
 from nurture.journeys.store import Versions
 from nurture.journeys.traits import apply_update
 from nurture.lifecycle.scoring import POINTS_EVENT
@@ -45,7 +45,6 @@ from nurture.store.bulk import insert_rows, one_of
 from nurture.webhooks import WebhookCaller, WebhookOutcome, WebhookRequest, backoff
 
 log = logging.getLogger("nurture.journeys")
-INBOX_LOCK = 7263553  # pg_advisory_xact_lock key: one inbox consumer at a time
 LEASE_MARGIN = timedelta(seconds=30)
 
 
@@ -86,6 +85,7 @@ class JourneyRuntime:
         self.options = options or Options()
         self.versions = Versions()
         self.entries = Entries(self)
+        self.reactions = Reactions(self)
         # Called after each committed batch of due steps with (due_at, ran_at) pairs.
         self.on_steps: list[Callable[[list[tuple[datetime, datetime]]], None]] = []
 
@@ -142,180 +142,13 @@ class JourneyRuntime:
 
         return for_contact
 
-    def _lock_inbox(self, conn: Connection) -> bool:
-        if self.db.is_sqlite:
-            return True
-        # Keyed by schema too: advisory locks are per database, and schemas may each
-        # hold a Nurture (as tests do).
-        got = conn.exec_driver_sql(
-            "SELECT pg_try_advisory_xact_lock(%(k)s, hashtext(current_schema()))",
-            {"k": INBOX_LOCK},
-        ).scalar()
-        return bool(got)
-
     # -- the inbox -----------------------------------------------------------------------
     def process_inbox(self, limit: int | None = None) -> int:
         """Consume up to `limit` queued events, in order; returns how many."""
-        limit = limit or self.options.batch
-        now = self.clock.now()
-        with self.db.write() as conn:
-            if not self._lock_inbox(conn):
-                return 0
-            i, e = t.journey_inbox.c, t.events.c
-            queued = conn.execute(select(i.id, i.message_id).order_by(i.id).limit(limit)).all()
-            if not queued:
-                return 0
-            ids = [q.message_id for q in queued]
-            found = {
-                r.message_id: Happened(
-                    r.message_id, r.type, r.event, r.contact_id, r.timestamp, r.properties or {}
-                )
-                for r in conn.execute(
-                    select(
-                        e.message_id, e.type, e.event, e.contact_id, e.timestamp, e.properties
-                    ).where(one_of(conn, e.message_id, ids))
-                )
-            }
-            holds = self.holds_for(conn, now)
-            journeys = self.versions.journeys(conn)
-            for q in queued:
-                event = found.get(q.message_id)
-                if event is not None:  # an erased contact's events are gone: nothing to do
-                    self._react(conn, event, now, holds(event.contact_id))
-                    self._trigger(conn, event, now, journeys, holds(event.contact_id))
-            conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
-            return len(queued)
+        return self.reactions.process_inbox(limit or self.options.batch)
 
-    def _react(self, conn: Connection, event: Happened, now: datetime, holds: ip.Holds) -> None:
-        """Goals, exit rules and waits of the contact's enrolments."""
-        n, c = t.enrolments.c, t.contacts.c
-        # Enrolments of contacts merged into this one still carry their old id.
-        merged = conn.execute(select(c.id).where(c.merged_into == event.contact_id)).scalars()
-        rows = conn.execute(
-            select(t.enrolments)
-            .where(
-                one_of(conn, n.contact_id, [event.contact_id, *merged]),
-                n.status.in_(("active", "completed")),
-                n.converted_at.is_(None),
-            )
-            .order_by(n.id)
-        ).all()
-        for row in rows:
-            journey = self.journey(conn, row.journey_key, row.version)
-            trigger = (row.context or {}).get("trigger")
-            goal = journey.goal
-            if (
-                goal is not None
-                and row.entered_at <= event.at <= row.entered_at + goal.within
-                and event_matches(goal, event, trigger)
-                and (goal.if_ is None or holds(goal.if_))
-            ):
-                revenue = json_at(event.properties, goal.revenue) if goal.revenue else None
-                ended = row.status == "active"
-                conn.execute(
-                    update(t.enrolments)
-                    .where(n.id == row.id)
-                    .values(
-                        status="converted",
-                        converted_at=event.at,
-                        revenue=float(cast(float, revenue)) if is_number(revenue) else None,
-                        due_at=None,
-                        ended_at=now if ended else row.ended_at,
-                        end_reason="goal" if ended else row.end_reason,
-                    )
-                )
-                continue
-            if row.status != "active":
-                continue
-            rule = next((r for r in journey.exit if exit_matches(r, event, trigger, holds)), None)
-            if rule is not None:
-                reason = rule.reason or f"exit: {event.name}"
-                self._end(conn, row.id, "exited", reason, now)
-                continue
-            if row.control or row.step is None:
-                continue
-            step = journey.step(row.step)
-            if isinstance(step, WaitStep):
-                self._wake(conn, row, journey, step, event, now, holds)
-
-    def _wake(
-        self,
-        conn: Connection,
-        row: Any,
-        journey: Journey,
-        step: WaitStep,
-        event: Happened,
-        now: datetime,
-        holds: ip.Holds,
-    ) -> None:
-        trigger = (row.context or {}).get("trigger")
-        n = t.enrolments.c
-        if step.until_event is not None and event_matches(step.until_event, event, trigger):
-            if step.until_event.if_ is not None and not holds(step.until_event.if_):
-                return
-            context = dict(row.context or {})
-            context.pop("wait", None)
-            context["event"] = event.to_context()
-            contacts = self.contacts(conn, [row.contact_id])
-            contact = contacts.get(row.contact_id) or ip.Contact(row.contact_id)
-            target = step.on_event or journey.following(step.id)
-            moved = ip.move(journey, target, contact, context, now, self.options.default_timezone)
-            self._log(conn, row, step.id, "event", now)
-            conn.execute(
-                update(t.enrolments)
-                .where(n.id == row.id)
-                .values(
-                    step=moved.step,
-                    due_at=moved.due_at,
-                    seq=row.seq + 1,
-                    attempts=0,
-                    context=context,
-                    status=moved.status,
-                    ended_at=None if moved.status == "active" else now,
-                    end_reason=moved.reason,
-                )
-            )
-            return
-        if step.for_ is not None and any(
-            event_matches(m, event, trigger) and (m.if_ is None or holds(m.if_))
-            for m in step.restart_on
-        ):
-            context = dict(row.context or {})
-            context["wait"] = {"step": step.id, "since": event.at.isoformat()}
-            conn.execute(
-                update(t.enrolments)
-                .where(n.id == row.id)
-                .values(due_at=max(event.at + step.for_, now), context=context)
-            )
-
-    def _trigger(
-        self,
-        conn: Connection,
-        event: Happened,
-        now: datetime,
-        journeys: dict[str, Any],
-        holds: ip.Holds,
-    ) -> None:
-        for key, row in journeys.items():
-            if row.status != "active" or row.version is None:
-                continue
-            journey = self.journey(conn, key, row.version)
-            trigger = journey.trigger
-            if isinstance(trigger, EventTrigger | SegmentTrigger) and trigger_matches(
-                trigger, event
-            ):
-                self.entries.enter(
-                    conn,
-                    journey,
-                    row.version,
-                    event.contact_id,
-                    entry_key=f"event:{event.message_id}",
-                    trigger=event.to_context(),
-                    now=now,
-                    holds=holds,
-                )
-
-    def _log(self, conn: Connection, row: Any, step: str, outcome: str, now: datetime) -> None:
+    def log(self, conn: Connection, row: Any, step: str, outcome: str, now: datetime) -> None:
+        """Record one step run in `journey_steps` (the primary key makes it once)."""
         conn.execute(
             t.journey_steps.insert().values(
                 enrolment_id=row.id,
@@ -329,7 +162,7 @@ class JourneyRuntime:
             )
         )
 
-    def _end(
+    def end(
         self, conn: Connection, enrolment_id: int, status: str, reason: str, now: datetime
     ) -> None:
         n = t.enrolments.c
