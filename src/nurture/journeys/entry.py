@@ -11,7 +11,7 @@ not `always`: a race or a retry enrols once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select
@@ -90,7 +90,7 @@ class Entries:
         if control:
             # Enrolled, never messaged: held until the goal's window ends, for lift.
             step = None
-            due = now + (journey.goal.within if journey.goal is not None else now - now)
+            due = now + (journey.goal.within if journey.goal is not None else timedelta(0))
         else:
             step = journey.steps[0].id
             due = ip.arrive(

@@ -39,6 +39,7 @@ from nurture.errors import ValidationError
 from nurture.segments.definitions import check_key
 
 END = "end"
+MAX_GOAL_WINDOW = timedelta(days=365)
 CHANNELS = ("email", "sms", "push", "voice", "in_app")
 
 
@@ -196,6 +197,13 @@ class Goal(EventMatch):
 
     revenue: Path | None = None
     within: Duration = timedelta(days=30)
+
+    @field_validator("within")
+    @classmethod
+    def _bounded(cls, value: timedelta) -> timedelta:
+        if value > MAX_GOAL_WINDOW:
+            raise ValueError("expected at most 365d: an attribution window of a year at most")
+        return value
 
 
 class EventExit(EventMatch):

@@ -7,12 +7,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, or_, select, update
 
 from nurture.conditions.memory import is_number, json_at
 from nurture.journeys import interpreter as ip
 from nurture.journeys.matching import Happened, event_matches, exit_matches, trigger_matches
-from nurture.journeys.model import EventTrigger, Journey, SegmentTrigger, WaitStep
+from nurture.journeys.model import (
+    MAX_GOAL_WINDOW,
+    EventTrigger,
+    Journey,
+    SegmentTrigger,
+    WaitStep,
+)
 from nurture.store import tables as t
 from nurture.store.bulk import one_of
 
@@ -73,15 +79,24 @@ class Reactions:
         n, c = t.enrolments.c, t.contacts.c
         # Enrolments of contacts merged into this one still carry their old id.
         merged = conn.execute(select(c.id).where(c.merged_into == event.contact_id)).scalars()
-        rows = conn.execute(
+        query = (
             select(t.enrolments)
             .where(
                 one_of(conn, n.contact_id, [event.contact_id, *merged]),
-                n.status.in_(("active", "completed")),
                 n.converted_at.is_(None),
+                # Completed enrolments only while a goal may still convert them.
+                or_(
+                    n.status == "active",
+                    (n.status == "completed") & (n.entered_at >= event.at - MAX_GOAL_WINDOW),
+                ),
             )
             .order_by(n.id)
-        ).all()
+        )
+        if not self.rt.db.is_sqlite:
+            # Wait for a worker running one of these steps, then read what it wrote: the
+            # step that ran and this event must not both move the enrolment on.
+            query = query.with_for_update()
+        rows = conn.execute(query).all()
         for row in rows:
             journey = self.rt.journey(conn, row.journey_key, row.version)
             trigger = (row.context or {}).get("trigger")

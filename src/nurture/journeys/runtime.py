@@ -407,7 +407,10 @@ class JourneyRuntime:
         with self.db.write() as conn:
             n = t.enrolments.c
             for (enrolment, journey, contact), outcome in zip(calls, outcomes, strict=True):
-                current = conn.execute(select(n.seq, n.status).where(n.id == enrolment.id)).first()
+                query = select(n.seq, n.status).where(n.id == enrolment.id)
+                if not self.db.is_sqlite:
+                    query = query.with_for_update()
+                current = conn.execute(query).first()
                 if current is None or current.seq != enrolment.seq or current.status != "active":
                     continue  # moved on meanwhile (an exit rule, a goal): the result is moot
                 writes = _Writes()
