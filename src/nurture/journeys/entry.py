@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
+from nurture.conditions.durations import format_duration
 from nurture.journeys import interpreter as ip
 from nurture.journeys.model import Journey, ReentryAfter
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows
 
 if TYPE_CHECKING:
     from nurture.journeys.runtime import JourneyRuntime
@@ -49,19 +50,24 @@ class Entries:
     ) -> str | None:
         """Why the contact may not enter now, or None."""
         n = t.enrolments.c
-        mine = (n.journey_key == journey.key) & (n.contact_id == contact_id)
         reentry = journey.entry.reentry
         if reentry != "always":
-            live = conn.execute(select(n.id).where(mine, n.status == "active").limit(1)).scalar()
-            if live is not None:
+            # One query for every rule: is one live, and when was the last entry.
+            live, last = conn.execute(
+                select(
+                    func.max(case((n.status == "active", 1), else_=0)), func.max(n.entered_at)
+                ).where(n.journey_key == journey.key, n.contact_id == contact_id)
+            ).one()
+            if live:
                 return "already in the journey"
-        if reentry == "never":
-            if conn.execute(select(n.id).where(mine).limit(1)).scalar() is not None:
+            if reentry == "never" and last is not None:
                 return "entered before (re-entry: never)"
-        elif isinstance(reentry, ReentryAfter):
-            last = conn.execute(select(func.max(n.entered_at)).where(mine)).scalar()
-            if last is not None and now - last < reentry.after:
-                return f"entered less than {reentry.after} ago"
+            if (
+                isinstance(reentry, ReentryAfter)
+                and last is not None
+                and now - last < reentry.after
+            ):
+                return f"entered less than {format_duration(reentry.after)} ago"
         if journey.entry.if_ is not None and not holds(journey.entry.if_):
             return "entry condition does not hold"
         return None
@@ -77,11 +83,14 @@ class Entries:
         trigger: dict[str, Any] | None,
         now: datetime,
         holds: ip.Holds,
+        contact: ip.Contact | None = None,
     ) -> EntryResult:
+        """Enter the contact if the rules allow (`contact`: given when already loaded)."""
         refused = self.refusal(conn, journey, contact_id, now, holds)
         if refused is not None:
             return EntryResult("refused", refused)
-        contact = self.runtime.contacts(conn, [contact_id]).get(contact_id)
+        if contact is None:
+            contact = self.runtime.contacts(conn, [contact_id]).get(contact_id)
         if contact is None:
             return EntryResult("refused", "no such contact")
         control = ip.unit(journey.key, contact.id, "holdout") < journey.entry.holdout
@@ -112,10 +121,9 @@ class Entries:
             "context": context,
             "entered_at": now,
         }
-        if not insert_rows(conn, t.enrolments, [row], ignore_conflicts=True):
+        module = postgresql if conn.dialect.name == "postgresql" else sqlite
+        insert = module.insert(t.enrolments).values(row).on_conflict_do_nothing()
+        enrolment_id = conn.execute(insert.returning(t.enrolments.c.id)).scalar()
+        if enrolment_id is None:
             return EntryResult("refused", "entered already (same entry, or a live enrolment)")
-        n = t.enrolments.c
-        enrolment_id = conn.execute(
-            select(n.id).where(n.journey_key == journey.key, n.entry_key == entry_key)
-        ).scalar()
         return EntryResult("control" if control else "entered", None, enrolment_id)

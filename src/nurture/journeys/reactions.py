@@ -66,23 +66,40 @@ class Reactions:
             }
             holds = self.rt.holds_for(conn, now)
             journeys = self.rt.versions.journeys(conn)
+            ids = sorted({event.contact_id for event in found.values()})
+            contacts = self.rt.contacts(conn, ids)
+            c = t.contacts.c
+            # Enrolments of contacts merged into these still carry their old ids.
+            merged: dict[int, list[int]] = {}
+            for row in conn.execute(
+                select(c.id, c.merged_into).where(one_of(conn, c.merged_into, ids))
+            ):
+                merged.setdefault(row.merged_into, []).append(row.id)
             for q in queued:
                 event = found.get(q.message_id)
                 if event is not None:  # an erased contact's events are gone: nothing to do
-                    self._react(conn, event, now, holds(event.contact_id))
-                    self._trigger(conn, event, now, journeys, holds(event.contact_id))
+                    who = [event.contact_id, *merged.get(event.contact_id, [])]
+                    self._react(conn, event, who, now, holds(event.contact_id))
+                    contact = contacts.get(event.contact_id)
+                    self._trigger(conn, event, contact, now, journeys, holds(event.contact_id))
             conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
             return len(queued)
 
-    def _react(self, conn: Connection, event: Happened, now: datetime, holds: ip.Holds) -> None:
-        """Goals, exit rules and waits of the contact's enrolments."""
-        n, c = t.enrolments.c, t.contacts.c
-        # Enrolments of contacts merged into this one still carry their old id.
-        merged = conn.execute(select(c.id).where(c.merged_into == event.contact_id)).scalars()
+    def _react(
+        self,
+        conn: Connection,
+        event: Happened,
+        contact_ids: list[int],
+        now: datetime,
+        holds: ip.Holds,
+    ) -> None:
+        """Goals, exit rules and waits of the contact's enrolments (`contact_ids`: the
+        contact and those merged into it)."""
+        n = t.enrolments.c
         query = (
             select(t.enrolments)
             .where(
-                one_of(conn, n.contact_id, [event.contact_id, *merged]),
+                one_of(conn, n.contact_id, contact_ids),
                 n.converted_at.is_(None),
                 # Completed enrolments only while a goal may still convert them.
                 or_(
@@ -191,10 +208,13 @@ class Reactions:
         self,
         conn: Connection,
         event: Happened,
+        contact: ip.Contact | None,
         now: datetime,
         journeys: dict[str, Any],
         holds: ip.Holds,
     ) -> None:
+        if contact is None:  # erased or gone
+            return
         for key, row in journeys.items():
             if row.status != "active" or row.version is None:
                 continue
@@ -212,4 +232,5 @@ class Reactions:
                     trigger=event.to_context(),
                     now=now,
                     holds=holds,
+                    contact=contact,
                 )
