@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import uvicorn
@@ -76,6 +77,28 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[tuple[str, str | None
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def process_url(url: str, schema: str | None) -> str:
+    """The database URL that leads another process (a CLI run, a server, a worker) to the
+    test's database: on PostgreSQL, to the test's own schema."""
+    if schema is None:
+        return url
+    return f"{url}?options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def cli_url(
+    database_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> str:
+    """NURTURE_DATABASE_URL for the test database, in a clean working directory."""
+    url = process_url(*database_url)
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("NURTURE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture

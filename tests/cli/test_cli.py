@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from typer.testing import CliRunner
@@ -17,22 +14,6 @@ from nurture.settings import Settings
 from nurture.store import Database
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_url(
-    database_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> str:
-    """NURTURE_DATABASE_URL for the test database, in a clean working directory."""
-    url, schema = database_url
-    if schema:
-        url = f"{url}?options={quote(f'-csearch_path={schema}')}"
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("NURTURE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
-    return url
 
 
 def test_config_show_masks_secrets(cli_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from typer.testing import CliRunner
@@ -22,18 +20,8 @@ steps:
 
 
 @pytest.fixture
-def workdir(
-    database_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Path:
+def workdir(cli_url: str, tmp_path: Path) -> Path:
     """A project folder as the working directory, with NURTURE_DATABASE_URL set."""
-    url, schema = database_url
-    if schema:
-        url = f"{url}?options={quote(f'-csearch_path={schema}')}"
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("NURTURE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "welcome.liquid").write_text("Hello")
     (tmp_path / "journeys").mkdir()

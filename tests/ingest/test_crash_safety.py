@@ -10,10 +10,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 from sqlalchemy import func, select
+from tests.conftest import process_url
 
 from nurture.clock import SystemClock
 from nurture.keys import KeyStore
@@ -22,12 +22,6 @@ from nurture.store import tables as t
 
 BATCHES = 300
 PER_BATCH = 50
-
-
-def _server_url(url: str, schema: str | None) -> str:
-    if schema is None:
-        return url
-    return f"{url}?options={quote(f'-csearch_path={schema}')}"
 
 
 def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -84,7 +78,7 @@ def test_kill_9_mid_ingest_loses_and_duplicates_nothing(
     db = Database(url, search_path=schema)
     db.migrate()
     _, key = KeyStore(db, SystemClock()).create("write")
-    env = {**os.environ, "NURTURE_DATABASE_URL": _server_url(url, schema)}
+    env = {**os.environ, "NURTURE_DATABASE_URL": process_url(url, schema)}
     env.pop("NURTURE_CONFIG", None)
     port = _free_port()
     log = tmp_path / "server.log"

@@ -21,11 +21,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
-from tests.conftest import make_settings
+from tests.conftest import make_settings, process_url
 
 from nurture.core import Nurture
 from nurture.journeys import interpreter as ip
@@ -81,13 +80,6 @@ def expected_path(contact_id: int, plan: str) -> list[str]:
     ]
 
 
-def worker_url(url: str, schema: str | None) -> str:
-    """The database URL that leads a subprocess to the test's PostgreSQL schema."""
-    if schema is None:
-        return url
-    return f"{url}?options={quote(f'-csearch_path={schema}')}"
-
-
 class Workers:
     """`nurture worker --no-segments` processes, each logging to its own file."""
 
@@ -140,7 +132,7 @@ class Workers:
         out = []
         for path in sorted(self.logs.glob("worker-*.log")):
             text = path.read_text(errors="replace")
-            if "journey round failed" in text or "Traceback" in text:
+            if "round failed" in text or "Traceback" in text:
                 raised = [line[:300] for line in text.splitlines() if EXCEPTION.match(line)]
                 out.append(f"{path.name}: " + " | ".join(list(dict.fromkeys(raised))[:5]))
         return out
@@ -152,7 +144,7 @@ def workers(database_url: tuple[str, str | None], tmp_path: Path) -> Iterator[Wo
     url, schema = database_url
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
     env |= {
-        "NURTURE_DATABASE_URL": worker_url(url, schema),
+        "NURTURE_DATABASE_URL": process_url(url, schema),
         "NURTURE_PROJECT_DIR": str(tmp_path / "project"),
         "NURTURE_DEFAULT_TIMEZONE": "UTC",
         # Smaller transactions than the default 500: more of them for a kill to cut.

@@ -7,6 +7,7 @@ import threading
 
 import typer
 
+from nurture.background import BackgroundLoop
 from nurture.cli.common import console, running
 from nurture.journeys.runner import JourneyRunner
 from nurture.segments.runner import EvaluationRunner
@@ -24,7 +25,7 @@ def worker_command(
     one PostgreSQL database; on SQLite run one."""
     with running() as nurture:
         s = nurture.settings
-        runners: list[EvaluationRunner | JourneyRunner] = []
+        runners: list[BackgroundLoop] = []
         if segments:
             runners.append(
                 EvaluationRunner(
