@@ -47,17 +47,25 @@ class Entries:
         contact_id: int,
         now: datetime,
         holds: ip.Holds,
+        known: tuple[bool, datetime | None] | None = None,
+        known_given: bool = False,
     ) -> str | None:
-        """Why the contact may not enter now, or None."""
+        """Why the contact may not enter now, or None. `known` (with `known_given`) is
+        the contact's history in this journey when the caller read it already: (live?,
+        last entry), None for none."""
         n = t.enrolments.c
         reentry = journey.entry.reentry
         if reentry != "always":
-            # One query for every rule: is one live, and when was the last entry.
-            live, last = conn.execute(
-                select(
-                    func.max(case((n.status == "active", 1), else_=0)), func.max(n.entered_at)
-                ).where(n.journey_key == journey.key, n.contact_id == contact_id)
-            ).one()
+            if known_given:
+                live, last = known if known is not None else (False, None)
+            else:
+                # One query for every rule: is one live, and when was the last entry.
+                live, last = conn.execute(
+                    select(
+                        func.max(case((n.status == "active", 1), else_=0)),
+                        func.max(n.entered_at),
+                    ).where(n.journey_key == journey.key, n.contact_id == contact_id)
+                ).one()
             if live:
                 return "already in the journey"
             if reentry == "never" and last is not None:
@@ -84,9 +92,12 @@ class Entries:
         now: datetime,
         holds: ip.Holds,
         contact: ip.Contact | None = None,
+        known: tuple[bool, datetime | None] | None = None,
+        known_given: bool = False,
     ) -> EntryResult:
-        """Enter the contact if the rules allow (`contact`: given when already loaded)."""
-        refused = self.refusal(conn, journey, contact_id, now, holds)
+        """Enter the contact if the rules allow (`contact`, `known`: what the caller has
+        loaded already, see `refusal`)."""
+        refused = self.refusal(conn, journey, contact_id, now, holds, known, known_given)
         if refused is not None:
             return EntryResult("refused", refused)
         if contact is None:

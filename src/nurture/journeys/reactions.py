@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, delete, or_, select, update
+from sqlalchemy import Connection, case, delete, func, or_, select, update
 
 from nurture.conditions.memory import is_number, json_at
 from nurture.journeys import interpreter as ip
@@ -45,10 +45,10 @@ class Reactions:
 
     def process_inbox(self, limit: int) -> int:
         """Consume up to `limit` queued events, in order; returns how many."""
-        now = self.rt.clock.now()
         with self.rt.db.write() as conn:
             if not self._lock_inbox(conn):
                 return 0
+            now = self.rt.clock.now()  # once the write lock is ours
             i, e = t.journey_inbox.c, t.events.c
             queued = conn.execute(select(i.id, i.message_id).order_by(i.id).limit(limit)).all()
             if not queued:
@@ -75,15 +75,58 @@ class Reactions:
                 select(c.id, c.merged_into).where(one_of(conn, c.merged_into, ids))
             ):
                 merged.setdefault(row.merged_into, []).append(row.id)
+            history, reachable = self._history(conn, ids, merged)
             for q in queued:
                 event = found.get(q.message_id)
-                if event is not None:  # an erased contact's events are gone: nothing to do
-                    who = [event.contact_id, *merged.get(event.contact_id, [])]
+                if event is None:  # an erased contact's events are gone: nothing to do
+                    continue
+                who = [event.contact_id, *merged.get(event.contact_id, [])]
+                if any(cid in reachable for cid in who):
                     self._react(conn, event, who, now, holds(event.contact_id))
-                    contact = contacts.get(event.contact_id)
-                    self._trigger(conn, event, contact, now, journeys, holds(event.contact_id))
+                    # What the reaction changed is in the database, not in `history`.
+                    for pair in [k for k in history if k[1] == event.contact_id]:
+                        del history[pair]
+                    history_known = False
+                else:
+                    history_known = True
+                contact = contacts.get(event.contact_id)
+                entered = self._trigger(
+                    conn, event, contact, now, journeys, holds(event.contact_id),
+                    history if history_known else None,
+                )  # fmt: skip
+                for journey_key in entered:
+                    history[(journey_key, event.contact_id)] = (True, now)
+                    reachable.add(event.contact_id)
             conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
             return len(queued)
+
+    @staticmethod
+    def _history(
+        conn: Connection, ids: list[int], merged: dict[int, list[int]]
+    ) -> tuple[dict[tuple[str, int], tuple[bool, datetime | None]], set[int]]:
+        """For a batch's contacts, in one query: each (journey, contact)'s entry history
+        (live?, last entry) for the entry rules, and the contacts with enrolments an event
+        may act on (the others need no look at their enrolments)."""
+        n = t.enrolments.c
+        everyone = [*ids, *(old for olds in merged.values() for old in olds)]
+        open_ = (n.converted_at.is_(None)) & n.status.in_(("active", "completed"))
+        history: dict[tuple[str, int], tuple[bool, datetime | None]] = {}
+        reachable: set[int] = set()
+        for row in conn.execute(
+            select(
+                n.journey_key,
+                n.contact_id,
+                func.max(case((n.status == "active", 1), else_=0)).label("live"),
+                func.max(n.entered_at).label("last"),
+                func.max(case((open_, 1), else_=0)).label("open"),
+            )
+            .where(one_of(conn, n.contact_id, everyone))
+            .group_by(n.journey_key, n.contact_id)
+        ):
+            history[(row.journey_key, row.contact_id)] = (bool(row.live), row.last)
+            if row.open:
+                reachable.add(row.contact_id)
+        return history, reachable
 
     def _react(
         self,
@@ -212,9 +255,13 @@ class Reactions:
         now: datetime,
         journeys: dict[str, Any],
         holds: ip.Holds,
-    ) -> None:
+        history: dict[tuple[str, int], tuple[bool, datetime | None]] | None,
+    ) -> list[str]:
+        """Enter the contact into the journeys the event triggers; returns their keys.
+        `history` (when known) spares the entry rules a query per journey."""
+        entered: list[str] = []
         if contact is None:  # erased or gone
-            return
+            return entered
         for key, row in journeys.items():
             if row.status != "active" or row.version is None:
                 continue
@@ -223,7 +270,7 @@ class Reactions:
             if isinstance(trigger, EventTrigger | SegmentTrigger) and trigger_matches(
                 trigger, event
             ):
-                self.rt.entries.enter(
+                result = self.rt.entries.enter(
                     conn,
                     journey,
                     row.version,
@@ -233,4 +280,9 @@ class Reactions:
                     now=now,
                     holds=holds,
                     contact=contact,
+                    known=None if history is None else history.get((key, event.contact_id)),
+                    known_given=history is not None,
                 )
+                if result.status != "refused":
+                    entered.append(key)
+        return entered

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select, update
 
 from nurture.clock import Clock
 from nurture.conditions.facts import ContactFacts, load_facts
@@ -41,7 +41,7 @@ from nurture.segments.engine import Engine
 from nurture.segments.queue import queue_evaluations
 from nurture.store import Database
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows, one_of
+from nurture.store.bulk import insert_rows, one_of, update_rows
 from nurture.webhooks import WebhookCaller, WebhookOutcome, WebhookRequest, backoff
 
 log = logging.getLogger("nurture.journeys")
@@ -176,10 +176,10 @@ class JourneyRuntime:
     def run_due(self, limit: int | None = None) -> int:
         """Run the current step of up to `limit` due enrolments; returns how many ran."""
         limit = limit or self.options.batch
-        now = self.clock.now()
         calls: list[tuple[ip.Enrolment, Journey, ip.Contact]] = []
         timing: list[tuple[datetime, datetime]] = []
         with self.db.write() as conn:
+            now = self.clock.now()  # once the write lock is ours: the time the steps run
             journeys = self.versions.journeys(conn)
             held = [k for k, r in journeys.items() if r.status == "paused"]
             n = t.enrolments.c
@@ -313,7 +313,6 @@ class JourneyRuntime:
         )
 
     def _write(self, conn: Connection, writes: _Writes, now: datetime) -> None:
-        n = t.enrolments.c
         if writes.steps:
             insert_rows(conn, t.journey_steps, writes.steps)
         if writes.outbox:
@@ -321,10 +320,13 @@ class JourneyRuntime:
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for move in writes.moves:
             by_shape.setdefault(tuple(sorted(move)), []).append(move)
-        for shape, moves in by_shape.items():
-            values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in shape if k != "id"}
-            stmt = update(t.enrolments).where(n.id == bindparam("v_id")).values(values)
-            conn.execute(stmt, [{f"v_{k}": v for k, v in m.items()} for m in moves])
+        for moves in by_shape.values():
+            update_rows(
+                conn,
+                t.enrolments,
+                "id",
+                [{"_key": m["id"], **{k: v for k, v in m.items() if k != "id"}} for m in moves],
+            )
         if writes.updates:
             self._write_traits(conn, writes.updates, now)
         if writes.events:

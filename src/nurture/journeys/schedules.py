@@ -24,6 +24,7 @@ from nurture.store import tables as t
 if TYPE_CHECKING:
     from nurture.journeys.runtime import JourneyRuntime
 
+ANALYZE_AFTER = 10_000  # entries in one scan after which PostgreSQL's statistics are renewed
 MAX_FIRES = 100  # schedule fire times entered per scan (a long outage catches up slowly)
 
 
@@ -39,6 +40,11 @@ def scan(runtime: JourneyRuntime) -> int:
             journey = runtime.journey(conn, key, row.version)
         if isinstance(journey.trigger, DateTrigger | ScheduleTrigger):
             entered += _scan_one(runtime, journey, row.version)
+    if entered >= ANALYZE_AFTER and not runtime.db.is_sqlite:
+        # Fresh statistics at once, or the claim of due steps plans for the table as it
+        # was before these entries (a scan and a sort instead of the index).
+        with runtime.db.write() as conn:
+            conn.exec_driver_sql("ANALYZE enrolments")
     return entered
 
 
