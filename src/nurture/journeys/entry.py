@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from nurture.conditions.durations import format_duration
 from nurture.journeys import interpreter as ip
 from nurture.journeys.model import Journey, ReentryAfter
 from nurture.store import tables as t
+from nurture.store.bulk import insert_one
 
 if TYPE_CHECKING:
     from nurture.journeys.runtime import JourneyRuntime
@@ -132,9 +132,7 @@ class Entries:
             "context": context,
             "entered_at": now,
         }
-        module = postgresql if conn.dialect.name == "postgresql" else sqlite
-        insert = module.insert(t.enrolments).values(row).on_conflict_do_nothing()
-        enrolment_id = conn.execute(insert.returning(t.enrolments.c.id)).scalar()
+        enrolment_id = insert_one(conn, t.enrolments, row, returning="id")
         if enrolment_id is None:
             return EntryResult("refused", "entered already (same entry, or a live enrolment)")
         return EntryResult("control" if control else "entered", None, enrolment_id)

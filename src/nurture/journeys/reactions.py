@@ -43,16 +43,17 @@ class Reactions:
         ).scalar()
         return bool(got)
 
-    def process_inbox(self, limit: int) -> int:
-        """Consume up to `limit` queued events, in order; returns how many."""
+    def process_inbox(self, limit: int) -> tuple[int, list[tuple[datetime, datetime]]]:
+        """Consume up to `limit` queued events, in order; returns how many, and (due,
+        ran) of the first steps run at once."""
         with self.rt.db.write() as conn:
             if not self._lock_inbox(conn):
-                return 0
+                return 0, []
             now = self.rt.clock.now()  # once the write lock is ours
             i, e = t.journey_inbox.c, t.events.c
             queued = conn.execute(select(i.id, i.message_id).order_by(i.id).limit(limit)).all()
             if not queued:
-                return 0
+                return 0, []
             ids = [q.message_id for q in queued]
             found = {
                 r.message_id: Happened(
@@ -76,6 +77,7 @@ class Reactions:
             ):
                 merged.setdefault(row.merged_into, []).append(row.id)
             history, reachable = self._history(conn, ids, merged)
+            fresh: list[int] = []
             for q in queued:
                 event = found.get(q.message_id)
                 if event is None:  # an erased contact's events are gone: nothing to do
@@ -94,11 +96,15 @@ class Reactions:
                     conn, event, contact, now, journeys, holds(event.contact_id),
                     history if history_known else None,
                 )  # fmt: skip
-                for journey_key in entered:
+                for journey_key, enrolment_id in entered:
                     history[(journey_key, event.contact_id)] = (True, now)
                     reachable.add(event.contact_id)
+                    fresh.append(enrolment_id)
             conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
-            return len(queued)
+            # First steps that are due now run in this transaction (a send, a branch): no
+            # round trip through the due-step claim before the first message.
+            timing = self.rt.run_entered(conn, fresh, now)
+        return len(queued), timing
 
     @staticmethod
     def _history(
@@ -256,10 +262,11 @@ class Reactions:
         journeys: dict[str, Any],
         holds: ip.Holds,
         history: dict[tuple[str, int], tuple[bool, datetime | None]] | None,
-    ) -> list[str]:
-        """Enter the contact into the journeys the event triggers; returns their keys.
-        `history` (when known) spares the entry rules a query per journey."""
-        entered: list[str] = []
+    ) -> list[tuple[str, int]]:
+        """Enter the contact into the journeys the event triggers; returns (journey,
+        enrolment) of each entry. `history` (when known) spares the entry rules a query
+        per journey."""
+        entered: list[tuple[str, int]] = []
         if contact is None:  # erased or gone
             return entered
         for key, row in journeys.items():
@@ -283,6 +290,6 @@ class Reactions:
                     known=None if history is None else history.get((key, event.contact_id)),
                     known_given=history is not None,
                 )
-                if result.status != "refused":
-                    entered.append(key)
+                if result.enrolment_id is not None:
+                    entered.append((key, result.enrolment_id))
         return entered

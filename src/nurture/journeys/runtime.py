@@ -18,7 +18,7 @@ SQLite the process's single writer runs them one after another.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -145,7 +145,11 @@ class JourneyRuntime:
     # -- the inbox -----------------------------------------------------------------------
     def process_inbox(self, limit: int | None = None) -> int:
         """Consume up to `limit` queued events, in order; returns how many."""
-        return self.reactions.process_inbox(limit or self.options.batch)
+        done, timing = self.reactions.process_inbox(limit or self.options.batch)
+        if timing:
+            for callback in self.on_steps:
+                callback(timing)
+        return done
 
     def log(self, conn: Connection, row: Any, step: str, outcome: str, now: datetime) -> None:
         """Record one step run in `journey_steps` (the primary key makes it once)."""
@@ -192,49 +196,88 @@ class JourneyRuntime:
             rows = conn.execute(query).all()
             if not rows:
                 return 0
-            contacts = self.contacts(conn, [r.contact_id for r in rows])
-            holds = self.holds_for(conn, now)
-            writes = _Writes()
-            for row in rows:
-                timing.append((row.due_at, now))
-                enrolment = _enrolment(row)
-                contact = contacts.get(row.contact_id)
-                if contact is None:  # erased meanwhile
-                    writes.moves.append(_ended(enrolment, "exited", "contact erased", now))
-                    continue
-                if contact.id != row.contact_id:
-                    enrolment.contact_id = contact.id  # merged: follow the survivor
-                try:
-                    journey = self.journey(conn, row.journey_key, row.version)
-                    if enrolment.control:
-                        writes.moves.append(
-                            _ended(enrolment, "completed", "control: window ended", now)
-                        )
-                        continue
-                    assert enrolment.step is not None
-                    if ip.http_target(journey, enrolment.step) is not None:
-                        calls.append((enrolment, journey, contact))
-                        continue
-                    transition = ip.run(
-                        journey,
-                        enrolment,
-                        contact,
-                        holds(contact.id),
-                        now,
-                        self.options.default_timezone,
-                    )
-                except Exception as exc:  # one enrolment's failure stops no other
-                    log.warning("step %s of enrolment %s failed", row.step, row.id, exc_info=True)
-                    writes.moves.append(self._failure(enrolment, str(exc) or repr(exc), now))
-                    continue
-                self._collect(writes, enrolment, contact, transition, now)
-            self._lease(conn, calls, now)
-            self._write(conn, writes, now)
+            self._run_rows(conn, rows, now, calls, timing)
         for callback in self.on_steps:
             callback(timing)
         if calls:
             self._call(calls)
         return len(rows)
+
+    def _run_rows(
+        self,
+        conn: Connection,
+        rows: Sequence[Any],
+        now: datetime,
+        calls: list[tuple[ip.Enrolment, Journey, ip.Contact]],
+        timing: list[tuple[datetime, datetime]],
+    ) -> None:
+        """Run the current step of each enrolment row (claimed by the caller), writing
+        every result in the caller's transaction; HTTP calls are leased into `calls`."""
+        contacts = self.contacts(conn, [r.contact_id for r in rows])
+        holds = self.holds_for(conn, now)
+        writes = _Writes()
+        for row in rows:
+            timing.append((row.due_at, now))
+            enrolment = _enrolment(row)
+            contact = contacts.get(row.contact_id)
+            if contact is None:  # erased meanwhile
+                writes.moves.append(_ended(enrolment, "exited", "contact erased", now))
+                continue
+            if contact.id != row.contact_id:
+                enrolment.contact_id = contact.id  # merged: follow the survivor
+            try:
+                journey = self.journey(conn, row.journey_key, row.version)
+                if enrolment.control:
+                    writes.moves.append(
+                        _ended(enrolment, "completed", "control: window ended", now)
+                    )
+                    continue
+                assert enrolment.step is not None
+                if ip.http_target(journey, enrolment.step) is not None:
+                    calls.append((enrolment, journey, contact))
+                    continue
+                transition = ip.run(
+                    journey,
+                    enrolment,
+                    contact,
+                    holds(contact.id),
+                    now,
+                    self.options.default_timezone,
+                )
+            except Exception as exc:  # one enrolment's failure stops no other
+                log.warning("step %s of enrolment %s failed", row.step, row.id, exc_info=True)
+                writes.moves.append(self._failure(enrolment, str(exc) or repr(exc), now))
+                continue
+            self._collect(writes, enrolment, contact, transition, now)
+        self._lease(conn, calls, now)
+        self._write(conn, writes, now)
+
+    def run_entered(
+        self, conn: Connection, ids: list[int], now: datetime
+    ) -> list[tuple[datetime, datetime]]:
+        """Run the first step of enrolments just entered in this transaction, when it is
+        due now and is not an HTTP call: an event's first message is written in the
+        transaction that consumed the event, without waiting for the next round. Returns
+        (due, ran) of each step run."""
+        timing: list[tuple[datetime, datetime]] = []
+        if not ids:
+            return timing
+        n = t.enrolments.c
+        rows = [
+            row
+            for row in conn.execute(
+                select(t.enrolments).where(
+                    one_of(conn, n.id, ids), n.status == "active", n.due_at <= now
+                )
+            )
+            if row.step is not None
+            and ip.http_target(self.journey(conn, row.journey_key, row.version), row.step) is None
+        ]
+        if rows:
+            calls: list[tuple[ip.Enrolment, Journey, ip.Contact]] = []
+            self._run_rows(conn, rows, now, calls, timing)
+            assert not calls
+        return timing
 
     def _failure(
         self, enrolment: ip.Enrolment, error: str, now: datetime, *, attempts: int | None = None

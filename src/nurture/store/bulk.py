@@ -81,6 +81,33 @@ def insert_rows(
     return int(conn.exec_driver_sql(sql, [tuple(v[i] for i in index) for v in values]).rowcount)
 
 
+@lru_cache(maxsize=64)
+def _insert_returning_sql(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], returning: str
+) -> tuple[str, tuple[str, ...] | None]:
+    module = postgresql if dialect.name == "postgresql" else sqlite
+    stmt = module.insert(table).on_conflict_do_nothing().returning(table.c[returning])
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+    order = compiled.positiontup
+    return str(compiled), tuple(order) if order else None
+
+
+def insert_one(conn: Connection, table: Table, row: dict[str, Any], *, returning: str) -> Any:
+    """Insert one row unless it conflicts with a unique constraint or index (`ON CONFLICT
+    DO NOTHING`); the row's `returning` column, or None when it conflicted. One compiled
+    statement per shape: for rows inserted one at a time on a hot path."""
+    columns = tuple(row)
+    dialect = conn.dialect
+    (values,) = _convert([row], columns, _processors(dialect, table, columns))
+    sql, order = _insert_returning_sql(dialect, table, columns, returning)
+    params: Any
+    if order is None:  # named parameters (PostgreSQL)
+        params = dict(zip(columns, values, strict=True))
+    else:
+        params = tuple(values[columns.index(name)] for name in order)
+    return conn.exec_driver_sql(sql, params).scalar()
+
+
 def _pg_arrays(values: list[list[Any]], width: int) -> tuple[list[Any], ...]:
     """Rows to one list per column: PostgreSQL receives each column as one array."""
     return tuple([row[i] for row in values] for i in range(width))
