@@ -94,9 +94,11 @@ class Entries:
         contact: ip.Contact | None = None,
         known: tuple[bool, datetime | None] | None = None,
         known_given: bool = False,
+        defer: list[dict[str, Any]] | None = None,
     ) -> EntryResult:
         """Enter the contact if the rules allow (`contact`, `known`: what the caller has
-        loaded already, see `refusal`)."""
+        loaded already, see `refusal`). With `defer`, the row is added to it for the
+        caller to insert with others (the result then has no enrolment id)."""
         refused = self.refusal(conn, journey, contact_id, now, holds, known, known_given)
         if refused is not None:
             return EntryResult("refused", refused)
@@ -132,7 +134,11 @@ class Entries:
             "context": context,
             "entered_at": now,
         }
+        status = "control" if control else "entered"
+        if defer is not None:
+            defer.append(row)
+            return EntryResult(status)
         enrolment_id = insert_one(conn, t.enrolments, row, returning="id")
         if enrolment_id is None:
             return EntryResult("refused", "entered already (same entry, or a live enrolment)")
-        return EntryResult("control" if control else "entered", None, enrolment_id)
+        return EntryResult(status, None, enrolment_id)

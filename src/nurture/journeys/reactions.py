@@ -20,7 +20,7 @@ from nurture.journeys.model import (
     WaitStep,
 )
 from nurture.store import tables as t
-from nurture.store.bulk import one_of
+from nurture.store.bulk import insert_many_returning, one_of
 
 if TYPE_CHECKING:
     from nurture.journeys.runtime import JourneyRuntime
@@ -78,12 +78,25 @@ class Reactions:
                 merged.setdefault(row.merged_into, []).append(row.id)
             history, reachable = self._history(conn, ids, merged)
             fresh: list[int] = []
+            # On PostgreSQL entries are inserted together (one round trip), before anything
+            # reads the enrolments of a contact with one waiting, and at the end.
+            pending: list[dict[str, Any]] | None = None if self.rt.db.is_sqlite else []
+            waiting: set[int] = set()
+
+            def flush() -> None:
+                if pending:
+                    fresh.extend(insert_many_returning(conn, t.enrolments, pending, returning="id"))
+                    pending.clear()
+                    waiting.clear()
+
             for q in queued:
                 event = found.get(q.message_id)
                 if event is None:  # an erased contact's events are gone: nothing to do
                     continue
                 who = [event.contact_id, *merged.get(event.contact_id, [])]
                 if any(cid in reachable for cid in who):
+                    if waiting.intersection(who):
+                        flush()
                     self._react(conn, event, who, now, holds(event.contact_id))
                     # What the reaction changed is in the database, not in `history`.
                     for pair in [k for k in history if k[1] == event.contact_id]:
@@ -94,12 +107,16 @@ class Reactions:
                 contact = contacts.get(event.contact_id)
                 entered = self._trigger(
                     conn, event, contact, now, journeys, holds(event.contact_id),
-                    history if history_known else None,
+                    history if history_known else None, pending,
                 )  # fmt: skip
                 for journey_key, enrolment_id in entered:
                     history[(journey_key, event.contact_id)] = (True, now)
                     reachable.add(event.contact_id)
-                    fresh.append(enrolment_id)
+                    if enrolment_id is None:
+                        waiting.add(event.contact_id)
+                    else:
+                        fresh.append(enrolment_id)
+            flush()
             conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
             # First steps that are due now run in this transaction (a send, a branch): no
             # round trip through the due-step claim before the first message.
@@ -262,11 +279,12 @@ class Reactions:
         journeys: dict[str, Any],
         holds: ip.Holds,
         history: dict[tuple[str, int], tuple[bool, datetime | None]] | None,
-    ) -> list[tuple[str, int]]:
+        defer: list[dict[str, Any]] | None,
+    ) -> list[tuple[str, int | None]]:
         """Enter the contact into the journeys the event triggers; returns (journey,
-        enrolment) of each entry. `history` (when known) spares the entry rules a query
-        per journey."""
-        entered: list[tuple[str, int]] = []
+        enrolment) of each entry, the enrolment None when its row went to `defer`.
+        `history` (when known) spares the entry rules a query per journey."""
+        entered: list[tuple[str, int | None]] = []
         if contact is None:  # erased or gone
             return entered
         for key, row in journeys.items():
@@ -289,7 +307,8 @@ class Reactions:
                     contact=contact,
                     known=None if history is None else history.get((key, event.contact_id)),
                     known_given=history is not None,
+                    defer=defer,
                 )
-                if result.enrolment_id is not None:
+                if result.status != "refused":
                     entered.append((key, result.enrolment_id))
         return entered

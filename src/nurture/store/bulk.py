@@ -108,6 +108,25 @@ def insert_one(conn: Connection, table: Table, row: dict[str, Any], *, returning
     return conn.exec_driver_sql(sql, params).scalar()
 
 
+def insert_many_returning(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], *, returning: str
+) -> list[Any]:
+    """Insert rows that all have the same keys, skipping those that conflict (`ON
+    CONFLICT DO NOTHING`); the `returning` column of each row inserted. On PostgreSQL one
+    statement for all the rows; on SQLite (in-process, no round trips) one per row."""
+    if not rows:
+        return []
+    dialect = conn.dialect
+    if dialect.name != "postgresql":
+        found = (insert_one(conn, table, row, returning=returning) for row in rows)
+        return [value for value in found if value is not None]
+    columns = tuple(rows[0])
+    values = _convert(rows, columns, _processors(dialect, table, columns))
+    sql = _pg_insert_sql(dialect, table, columns, True)
+    sql += f" RETURNING {dialect.identifier_preparer.quote(returning)}"
+    return list(conn.exec_driver_sql(sql, _pg_arrays(values, len(columns))).scalars())
+
+
 def _pg_arrays(values: list[list[Any]], width: int) -> tuple[list[Any], ...]:
     """Rows to one list per column: PostgreSQL receives each column as one array."""
     return tuple([row[i] for row in values] for i in range(width))
