@@ -99,6 +99,11 @@ CASES = [
         "exit[0].same",
         "not triggered by an event",
     ),
+    (
+        with_steps({"id": "u", "type": "update", "set": {"email": "x@example.com"}}),
+        "steps[0]",
+        "reserved traits",
+    ),
 ]
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 
 from nurture import localtime
 from nurture.conditions.durations import Duration
+from nurture.conditions.facts import TEXT_COLUMNS, TIME_COLUMNS
 from nurture.conditions.model import (
     Condition,
     EventType,
@@ -39,6 +40,7 @@ from nurture.errors import ValidationError
 from nurture.segments.definitions import check_key
 
 END = "end"
+RESERVED_TRAITS = (*TEXT_COLUMNS, *TIME_COLUMNS)
 MAX_GOAL_WINDOW = timedelta(days=365)
 CHANNELS = ("email", "sms", "push", "voice", "in_app")
 
@@ -367,6 +369,14 @@ class UpdateStep(_Step):
             raise ValueError("give at least one of set, unset, add_tags, remove_tags")
         for path in self.set:
             check_path(path)
+        reserved = sorted(
+            {p.split(".")[0] for p in [*self.set, *self.unset]} & set(RESERVED_TRAITS)
+        )
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)}: reserved traits are set by identify calls, where "
+                "they are validated, not by journeys"
+            )
         return self
 
 
