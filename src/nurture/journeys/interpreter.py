@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, assert_never
 
 from nurture import localtime
@@ -137,9 +137,11 @@ def arrive(
         value = localtime.parse_date_value(_trait(contact, spec.trait))
         if value is None:
             return now  # no date: nothing to wait for (recorded as "no date" when run)
-        at = localtime.date_at(value, spec.offset.days, localtime.parse_clock(spec.at), tz)
-        at += spec.offset - spec.offset.__class__(days=spec.offset.days)
-        return max(at, now)
+        # Whole days move the local date (DST-safe); what is left of the offset (12h)
+        # is added as elapsed time.
+        days = spec.offset.days
+        at = localtime.date_at(value, days, localtime.parse_clock(spec.at), tz)
+        return max(at + (spec.offset - timedelta(days=days)), now)
     raise AssertionError("a wait has exactly one kind")
 
 
