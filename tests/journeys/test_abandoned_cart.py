@@ -119,3 +119,27 @@ def test_an_anonymous_cart_is_ended_by_the_order_after_login(world: World) -> No
     assert world.outbox() == []
     (enrolment,) = world.enrolments("abandoned_cart")
     assert enrolment.status == "converted"
+
+
+def test_an_order_sent_with_the_cart_event_converts(world: World) -> None:
+    # Given a cart event and its order, sent together by an SDK that batches (their
+    # timestamps are before the moment the journey's worker reads them)
+    world.publish(CART)
+    world.identify("fay", email="fay@example.com")
+    now = world.clock.now()
+    world.n.ingest(
+        [
+            {"type": "track", "userId": "fay", "event": "Product Added", "messageId": "p",
+             "properties": {"cart_id": "c7", "price": 10},
+             "timestamp": (now - timedelta(seconds=10)).isoformat()},
+            {"type": "track", "userId": "fay", "event": "Order Completed", "messageId": "o",
+             "properties": {"cart_id": "c7", "total": 10},
+             "timestamp": (now - timedelta(seconds=5)).isoformat()},
+        ]
+    )  # fmt: skip
+    # When the worker runs
+    world.advance(timedelta(days=1))
+    # Then the order converts the enrolment (its window starts at the cart event)
+    (enrolment,) = world.enrolments("abandoned_cart", "fay")
+    assert (enrolment.status, enrolment.revenue) == ("converted", 10)
+    assert world.outbox("fay") == []

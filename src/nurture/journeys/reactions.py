@@ -184,9 +184,10 @@ class Reactions:
             journey = self.rt.journey(conn, row.journey_key, row.version)
             trigger = (row.context or {}).get("trigger")
             goal = journey.goal
+            start = _window_start(row.entered_at, trigger)
             if (
                 goal is not None
-                and row.entered_at <= event.at <= row.entered_at + goal.within
+                and start <= event.at <= start + goal.within
                 and event_matches(goal, event, trigger)
                 and (goal.if_ is None or holds(goal.if_))
             ):
@@ -312,3 +313,15 @@ class Reactions:
                 if result.status != "refused":
                     entered.append((key, result.enrolment_id))
         return entered
+
+
+def _window_start(entered_at: datetime, trigger: Any) -> datetime:
+    """Where a goal's window starts: when the triggering event happened (an order sent
+    right after the cart event, before the inbox round that enrolled, still converts),
+    else at entry."""
+    if isinstance(trigger, dict) and isinstance(trigger.get("timestamp"), str):
+        try:
+            return min(entered_at, datetime.fromisoformat(trigger["timestamp"]))
+        except ValueError:
+            pass
+    return entered_at
