@@ -6,37 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import func, select
-from tests.journeys.world import World
+from tests.journeys.world import ABANDONED_CART, World
 
 from nurture.store import tables as t
 
-CART = {
-    "key": "abandoned_cart",
-    "name": "Abandoned cart",
-    "trigger": {"event": "Product Added"},
-    "entry": {"reentry": "always"},
-    "goal": {"event": "Order Completed", "same": ["cart_id"], "revenue": "total", "within": "7d"},
-    "exit": [{"event": "Order Completed", "same": ["cart_id"]}],
-    "steps": [
-        {"id": "wait_hour", "type": "wait", "for": "1h"},
-        {"id": "reminder", "type": "send", "channel": "email", "template": "cart_reminder"},
-        {"id": "wait_day", "type": "wait", "for": "1d"},
-        {
-            "id": "by_value",
-            "type": "branch",
-            "cases": [
-                {
-                    "if": {"event": "Product Added", "where": [{"property": "price", "gte": 100}]},
-                    "next": "discount",
-                }
-            ],
-            "else": "sms",
-        },
-        {"id": "discount", "type": "send", "channel": "email", "template": "cart_discount",
-         "next": "end"},
-        {"id": "sms", "type": "send", "channel": "sms", "template": "cart_sms"},
-    ],
-}  # fmt: skip
+CART = ABANDONED_CART
 
 
 def test_no_order_gets_the_reminder_then_the_discount_for_a_big_cart(world: World) -> None:

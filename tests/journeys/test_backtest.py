@@ -17,7 +17,7 @@ import pytest
 import typer
 import yaml
 from sqlalchemy import func, select
-from tests.journeys.world import World
+from tests.journeys.world import ABANDONED_CART, World
 from typer.testing import CliRunner
 
 from nurture.cli.backtest import backtest_command
@@ -32,24 +32,7 @@ from nurture.webhooks import RecordingWebhookCaller
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # the clock fixture's start
 H, D = timedelta(hours=1), timedelta(days=1)
 
-CART: dict[str, Any] = {
-    "key": "cart_test",
-    "trigger": {"event": "Product Added"},
-    "entry": {"reentry": "always"},
-    "goal": {"event": "Order Completed", "same": ["cart_id"], "revenue": "total", "within": "7d"},
-    "exit": [{"event": "Order Completed", "same": ["cart_id"]}],
-    "steps": [
-        {"id": "wait_hour", "type": "wait", "for": "1h"},
-        {"id": "reminder", "type": "send", "channel": "email", "template": "cart_reminder"},
-        {"id": "wait_day", "type": "wait", "for": "1d"},
-        {"id": "by_value", "type": "branch", "else": "sms", "cases": [
-            {"if": {"event": "Product Added", "where": [{"property": "price", "gte": 100}]},
-             "next": "discount"}]},
-        {"id": "discount", "type": "send", "channel": "email", "template": "cart_discount",
-         "next": "end"},
-        {"id": "sms", "type": "send", "channel": "sms", "template": "cart_sms"},
-    ],
-}  # fmt: skip
+CART: dict[str, Any] = {**ABANDONED_CART, "key": "cart_test"}
 
 # Variants, an event wait with a timeout, a trait update read by a branch, a rescheduled
 # wait, a webhook, a goal and an exit rule: the engine's every moving part.

@@ -23,6 +23,37 @@ TEMPLATES = ("cart_reminder", "cart_discount", "cart_sms", "welcome", "tip_impor
              "usage_summary", "variant_a", "variant_b")  # fmt: skip
 
 
+# Abandoned cart: wait 1 h, email; no order → wait 1 day, branch on cart value (discount
+# email or SMS); an order for this cart converts and ends it.
+ABANDONED_CART: dict[str, Any] = {
+    "key": "abandoned_cart",
+    "name": "Abandoned cart",
+    "trigger": {"event": "Product Added"},
+    "entry": {"reentry": "always"},
+    "goal": {"event": "Order Completed", "same": ["cart_id"], "revenue": "total", "within": "7d"},
+    "exit": [{"event": "Order Completed", "same": ["cart_id"]}],
+    "steps": [
+        {"id": "wait_hour", "type": "wait", "for": "1h"},
+        {"id": "reminder", "type": "send", "channel": "email", "template": "cart_reminder"},
+        {"id": "wait_day", "type": "wait", "for": "1d"},
+        {
+            "id": "by_value",
+            "type": "branch",
+            "cases": [
+                {
+                    "if": {"event": "Product Added", "where": [{"property": "price", "gte": 100}]},
+                    "next": "discount",
+                }
+            ],
+            "else": "sms",
+        },
+        {"id": "discount", "type": "send", "channel": "email", "template": "cart_discount",
+         "next": "end"},
+        {"id": "sms", "type": "send", "channel": "sms", "template": "cart_sms"},
+    ],
+}  # fmt: skip
+
+
 def make_templates(project: Path) -> None:
     folder = project / "templates"
     folder.mkdir(parents=True, exist_ok=True)
