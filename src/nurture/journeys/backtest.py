@@ -27,7 +27,7 @@ from nurture import localtime
 from nurture.conditions.facts import ContactFacts, load_facts
 
 # The live engine's own helpers (private to their modules), so that both mean the same.
-from nurture.conditions.memory import Evaluator, is_number, json_at
+from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import Condition
 from nurture.journeys import interpreter as ip
 from nurture.journeys.backtest_report import (
@@ -40,6 +40,8 @@ from nurture.journeys.matching import (
     Happened,
     event_matches,
     exit_matches,
+    goal_reached,
+    goal_revenue,
     interest,
     trigger_matches,
 )
@@ -339,14 +341,8 @@ class _Simulation:
         if e.status not in ("active", "completed") or run.converted:
             return
         trigger = e.context.get("trigger")
-        if (
-            goal is not None
-            and e.entered_at <= event.at <= e.entered_at + goal.within
-            and event_matches(goal, event, trigger)
-            and (goal.if_ is None or holds(goal.if_))
-        ):
-            value = json_at(event.properties, goal.revenue) if goal.revenue else None
-            revenue = float(value) if is_number(value) and value is not None else None
+        if goal is not None and goal_reached(goal, e.entered_at, trigger, event, holds):
+            revenue = goal_revenue(goal, event)
             self.report.conversions.append(
                 Conversion(e.contact_id, run.user_id, event.at, revenue, e.control)
             )

@@ -10,6 +10,7 @@ not `always`: a race or a retry enrols once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -47,17 +48,15 @@ class Entries:
         contact_id: int,
         now: datetime,
         holds: ip.Holds,
-        known: tuple[bool, datetime | None] | None = None,
-        known_given: bool = False,
+        history: Mapping[tuple[str, int], tuple[bool, datetime | None]] | None = None,
     ) -> str | None:
-        """Why the contact may not enter now, or None. `known` (with `known_given`) is
-        the contact's history in this journey when the caller read it already: (live?,
-        last entry), None for none."""
+        """Why the contact may not enter now, or None. `history`, when the caller read
+        it already: (live?, last entry) by (journey, contact), a missing pair for none."""
         n = t.enrolments.c
         reentry = journey.entry.reentry
         if reentry != "always":
-            if known_given:
-                live, last = known if known is not None else (False, None)
+            if history is not None:
+                live, last = history.get((journey.key, contact_id), (False, None))
             else:
                 # One query for every rule: is one live, and when was the last entry.
                 live, last = conn.execute(
@@ -92,14 +91,13 @@ class Entries:
         now: datetime,
         holds: ip.Holds,
         contact: ip.Contact | None = None,
-        known: tuple[bool, datetime | None] | None = None,
-        known_given: bool = False,
+        history: Mapping[tuple[str, int], tuple[bool, datetime | None]] | None = None,
         defer: list[dict[str, Any]] | None = None,
     ) -> EntryResult:
-        """Enter the contact if the rules allow (`contact`, `known`: what the caller has
-        loaded already, see `refusal`). With `defer`, the row is added to it for the
+        """Enter the contact if the rules allow (`contact`, `history`: what the caller
+        has loaded already, see `refusal`). With `defer`, the row is added to it for the
         caller to insert with others (the result then has no enrolment id)."""
-        refused = self.refusal(conn, journey, contact_id, now, holds, known, known_given)
+        refused = self.refusal(conn, journey, contact_id, now, holds, history)
         if refused is not None:
             return EntryResult("refused", refused)
         if contact is None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, assert_never
 
 from nurture import localtime
+from nurture.conditions.memory import json_at
 from nurture.conditions.model import Condition
 from nurture.journeys.model import (
     END,
@@ -84,7 +85,6 @@ class Transition:
     message: dict[str, Any] | None = None  # an outbox row (without ids and times)
     update: UpdateStep | None = None
     score: ScoreStep | None = None
-    context_changed: bool = False
 
 
 # A condition's truth for the enrolment's contact, now (facts loaded on demand).
@@ -134,7 +134,7 @@ def arrive(
         return step.until_window.window().next_open(now, tz)
     if step.until_date is not None:
         spec = step.until_date
-        value = localtime.parse_date_value(_trait(contact, spec.trait))
+        value = _date_of(contact, spec.trait)
         if value is None:
             return now  # no date: nothing to wait for (recorded as "no date" when run)
         # Whole days move the local date (DST-safe); what is left of the offset (12h)
@@ -145,13 +145,8 @@ def arrive(
     raise AssertionError("a wait has exactly one kind")
 
 
-def _trait(contact: Contact, path: str) -> Any:
-    doc: Any = contact.traits
-    for part in path.split("."):
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(part)
-    return doc
+def _date_of(contact: Contact, trait: str) -> date | None:
+    return localtime.parse_date_value(json_at(contact.traits, trait))
 
 
 def run(
@@ -178,12 +173,13 @@ def run(
             window = step.until_window.window() if step.until_window is not None else None
             if window is not None and not window.contains(now, tz):
                 # Late (a paused journey resumed, a worker was down): wait for the window.
-                return Transition("", step.id, window.next_open(now, tz), context_changed=False)
+                return Transition("", step.id, window.next_open(now, tz))
             if step.until_event is not None:
                 outcome, target = "timeout", step.on_timeout or following
             elif (
                 step.until_date is not None
-                and localtime.parse_date_value(_trait(contact, step.until_date.trait)) is None
+                and localtime.parse_date_value(json_at(contact.traits, step.until_date.trait))
+                is None
             ):
                 outcome = "no date"
             else:
@@ -258,7 +254,7 @@ def move(
     if target == END:
         return Transition("", None, None, status="completed", reason="completed")
     due = arrive(journey, target, contact, context, now, default_tz)
-    return Transition("", target, due, context_changed=True)
+    return Transition("", target, due)
 
 
 def http_target(journey: Journey, step_id: str) -> HttpTarget | None:

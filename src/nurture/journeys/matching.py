@@ -8,14 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from nurture.conditions.facts import EventFact
-from nurture.conditions.memory import filters_hold, json_at, same_value
+from nurture.conditions.memory import filters_hold, is_number, json_at, same_value
 from nurture.conditions.model import Condition
 from nurture.journeys.model import (
     EventMatch,
     EventTrigger,
+    Goal,
     Journey,
     SegmentExit,
     SegmentTrigger,
@@ -116,3 +117,36 @@ def exit_matches(
     if isinstance(rule, SegmentExit):
         return segment_event(event, rule.segment, rule.on)
     return event_matches(rule, event, trigger) and (rule.if_ is None or holds(rule.if_))
+
+
+def goal_reached(
+    goal: Goal,
+    entered_at: datetime,
+    trigger: dict[str, Any] | None,
+    event: Happened,
+    holds: Callable[[Condition], bool],
+) -> bool:
+    """Does `event` convert an enrolment entered at `entered_at`? Within the goal's window,
+    which starts when the triggering event happened (an order sent in the same SDK batch
+    as its cart event converts), else at entry."""
+    start = _window_start(entered_at, trigger)
+    return (
+        start <= event.at <= start + goal.within
+        and event_matches(goal, event, trigger)
+        and (goal.if_ is None or holds(goal.if_))
+    )
+
+
+def goal_revenue(goal: Goal, event: Happened) -> float | None:
+    """The revenue a goal event carries, in the property the goal names."""
+    value = json_at(event.properties, goal.revenue) if goal.revenue else None
+    return float(cast(float, value)) if is_number(value) else None
+
+
+def _window_start(entered_at: datetime, trigger: dict[str, Any] | None) -> datetime:
+    if isinstance(trigger, dict) and isinstance(trigger.get("timestamp"), str):
+        try:
+            return min(entered_at, datetime.fromisoformat(trigger["timestamp"]))
+        except ValueError:
+            pass
+    return entered_at

@@ -5,13 +5,19 @@ restart their waits (`restart_on`) and start new ones (triggers)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, case, delete, func, or_, select, update
 
-from nurture.conditions.memory import is_number, json_at
 from nurture.journeys import interpreter as ip
-from nurture.journeys.matching import Happened, event_matches, exit_matches, trigger_matches
+from nurture.journeys.matching import (
+    Happened,
+    event_matches,
+    exit_matches,
+    goal_reached,
+    goal_revenue,
+    trigger_matches,
+)
 from nurture.journeys.model import (
     MAX_GOAL_WINDOW,
     EventTrigger,
@@ -184,14 +190,8 @@ class Reactions:
             journey = self.rt.journey(conn, row.journey_key, row.version)
             trigger = (row.context or {}).get("trigger")
             goal = journey.goal
-            start = _window_start(row.entered_at, trigger)
-            if (
-                goal is not None
-                and start <= event.at <= start + goal.within
-                and event_matches(goal, event, trigger)
-                and (goal.if_ is None or holds(goal.if_))
-            ):
-                revenue = json_at(event.properties, goal.revenue) if goal.revenue else None
+            if goal is not None and goal_reached(goal, row.entered_at, trigger, event, holds):
+                revenue = goal_revenue(goal, event)
                 ended = row.status == "active"
                 conn.execute(
                     update(t.enrolments)
@@ -199,7 +199,7 @@ class Reactions:
                     .values(
                         status="converted",
                         converted_at=event.at,
-                        revenue=float(cast(float, revenue)) if is_number(revenue) else None,
+                        revenue=revenue,
                         due_at=None,
                         ended_at=now if ended else row.ended_at,
                         end_reason="goal" if ended else row.end_reason,
@@ -306,22 +306,9 @@ class Reactions:
                     now=now,
                     holds=holds,
                     contact=contact,
-                    known=None if history is None else history.get((key, event.contact_id)),
-                    known_given=history is not None,
+                    history=history,
                     defer=defer,
                 )
                 if result.status != "refused":
                     entered.append((key, result.enrolment_id))
         return entered
-
-
-def _window_start(entered_at: datetime, trigger: Any) -> datetime:
-    """Where a goal's window starts: when the triggering event happened (an order sent
-    right after the cart event, before the inbox round that enrolled, still converts),
-    else at entry."""
-    if isinstance(trigger, dict) and isinstance(trigger.get("timestamp"), str):
-        try:
-            return min(entered_at, datetime.fromisoformat(trigger["timestamp"]))
-        except ValueError:
-            pass
-    return entered_at

@@ -94,33 +94,30 @@ class JourneyRuntime:
         return self.versions.get(conn, key, version)
 
     def contacts(self, conn: Connection, ids: list[int]) -> dict[int, ip.Contact]:
-        """Contacts by id; a merged contact's id maps to the contact it was merged into."""
+        """Contacts by id; a merged contact's id maps to the contact it was merged into
+        (following chains of merges)."""
         c = t.contacts.c
         out: dict[int, ip.Contact] = {}
+        merged: dict[int, int] = {}
         wanted = sorted(set(ids))
-        for _ in range(8):  # merges may chain
-            if not wanted:
-                break
-            merged: dict[int, int] = {}
-            for row in conn.execute(
-                select(
-                    c.id, c.user_id, c.email, c.phone, c.timezone, c.traits, c.merged_into
-                ).where(one_of(conn, c.id, wanted))
-            ):
-                if row.merged_into is not None:
-                    merged[row.id] = row.merged_into
-                else:
-                    out[row.id] = ip.Contact(
-                        row.id, row.timezone, row.email, row.phone, row.user_id, row.traits or {}
-                    )
-            aliases = {old: new for old, new in merged.items()}
-            wanted = sorted(set(aliases.values()) - set(out))
-            resolved = self.contacts(conn, wanted) if wanted else {}
-            out.update(resolved)
-            for old, new in aliases.items():
-                if new in out:
-                    out[old] = out[new]
-            break
+        if not wanted:
+            return out
+        for row in conn.execute(
+            select(c.id, c.user_id, c.email, c.phone, c.timezone, c.traits, c.merged_into).where(
+                one_of(conn, c.id, wanted)
+            )
+        ):
+            if row.merged_into is not None:
+                merged[row.id] = row.merged_into
+            else:
+                out[row.id] = ip.Contact(
+                    row.id, row.timezone, row.email, row.phone, row.user_id, row.traits or {}
+                )
+        survivors = self.contacts(conn, sorted(set(merged.values()) - set(out)))
+        out.update(survivors)
+        for old, new in merged.items():
+            if new in out:
+                out[old] = out[new]
         return out
 
     def holds_for(

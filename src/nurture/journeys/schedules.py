@@ -89,36 +89,30 @@ def _scan_one(runtime: JourneyRuntime, journey: Journey, version: int) -> int:
             return 0
         holds = runtime.holds_for(conn, now)
         trigger = journey.trigger
+
+        def enter(contact_id: int, entry_key: str, context: dict[str, str]) -> int:
+            result = runtime.entries.enter(
+                conn, journey, version, contact_id,
+                entry_key=f"{entry_key}:{contact_id}", trigger=context, now=now,
+                holds=holds(contact_id),
+            )  # fmt: skip
+            return result.status != "refused"
+
         if isinstance(trigger, DateTrigger):
             for contact_id, fire in dates_due(runtime, conn, trigger, since, now):
-                result = runtime.entries.enter(
-                    conn,
-                    journey,
-                    version,
+                entered += enter(
                     contact_id,
-                    entry_key=f"date:{fire.date().isoformat()}:{contact_id}",
-                    trigger={"date": trigger.date, "at": fire.isoformat()},
-                    now=now,
-                    holds=holds(contact_id),
+                    f"date:{fire.date().isoformat()}",
+                    {"date": trigger.date, "at": fire.isoformat()},
                 )
-                entered += result.status != "refused"
         elif isinstance(trigger, ScheduleTrigger):
             cron = localtime.Cron(trigger.schedule, trigger.timezone)
             fire = cron.next_after(since)
             fires = 0
             while fire <= now and fires < MAX_FIRES:
+                context = {"schedule": trigger.schedule, "at": fire.isoformat()}
                 for contact_id in audience(runtime, conn, trigger, now):
-                    result = runtime.entries.enter(
-                        conn,
-                        journey,
-                        version,
-                        contact_id,
-                        entry_key=f"schedule:{fire.isoformat()}:{contact_id}",
-                        trigger={"schedule": trigger.schedule, "at": fire.isoformat()},
-                        now=now,
-                        holds=holds(contact_id),
-                    )
-                    entered += result.status != "refused"
+                    entered += enter(contact_id, f"schedule:{fire.isoformat()}", context)
                 fires += 1
                 since = fire
                 fire = cron.next_after(fire)
