@@ -13,7 +13,7 @@ from nurture.errors import NotFound, ValidationError
 from nurture.journeys import store
 from nurture.journeys.check import Catalog, problems
 from nurture.journeys.entry import EntryResult
-from nurture.journeys.model import Journey, dump_journey, parse_journey
+from nurture.journeys.model import Journey, parse_journey
 from nurture.journeys.runtime import JourneyRuntime
 from nurture.segments.definitions import DefinitionStore
 from nurture.store import tables as t
@@ -277,6 +277,3 @@ def _enrolment_dict(r: Any) -> dict[str, Any]:
         "revenue": r.revenue,
         "context": r.context,
     }
-
-
-__all__ = ["JourneyService", "dump_journey"]
