@@ -6,6 +6,7 @@ business logic of their own.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -91,6 +92,16 @@ class Nurture:
             wake = self.journey_runner.notify
             self.engine.on_evaluated.append(lambda _waits: wake())
         self._started = False
+
+    def link_secret(self) -> str:
+        """The key that signs links in messages: `secret_key`, else one derived from the
+        installation's random salt (kept in the database, so every process agrees)."""
+        if self.settings.secret_key is not None:
+            return self.settings.secret_key.get_secret_value()
+        salt = self.db.meta_value("salt")
+        if salt is None:
+            raise RuntimeError("the database has no salt; run migrations first")
+        return hashlib.sha256(f"links:{salt}".encode()).hexdigest()
 
     def start(self) -> Nurture:
         """Migrate the schema and start the ingest writer (idempotent)."""

@@ -104,8 +104,22 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     secret_key: SecretStr | None = Field(
-        None, description="Secret for signed links (tracking, preferences); set in production"
+        None,
+        description="Secret for signed links (tracking, unsubscribe, preferences, opt-in); "
+        "without it, a random secret kept in the database is used",
     )
+    public_url: str | None = Field(
+        None,
+        description="Base URL where contacts reach this server (links in messages, provider "
+        "webhooks), e.g. https://nurture.example.com; default http://host:port",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
 
     @field_validator("default_timezone")
     @classmethod
@@ -153,6 +167,11 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    @property
+    def base_url(self) -> str:
+        """Where links in messages point: `public_url`, else this server's address."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def is_sqlite(self) -> bool:

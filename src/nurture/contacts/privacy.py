@@ -137,7 +137,12 @@ class PrivacyService:
             # What evaluation derived from the person (memberships, stages, scores, their
             # histories, a pending evaluation), the person's consents, and their journeys
             # (enrolments, steps run, messages not yet sent, queued events).
-            for table in (*t.EVALUATION_BY_CONTACT, t.consents, *t.JOURNEYS_BY_CONTACT):
+            for table in (
+                *t.EVALUATION_BY_CONTACT,
+                t.consents,
+                *t.MESSAGES_BY_CONTACT,
+                *t.JOURNEYS_BY_CONTACT,
+            ):
                 conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
             rows = [
                 {

@@ -162,8 +162,10 @@ suppressions = Table(
     metadata,
     Column("hash", String(64), primary_key=True),  # sha256(salt + normalised address)
     Column("kind", String(16), nullable=False),  # email | phone
-    Column("reason", String(32), nullable=False),  # erased | bounced | complained | stop
+    # erased | bounced | complained | stop | manual
+    Column("reason", String(32), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("detail", Text),  # the bounce diagnostic, the reply, who added it
 )
 
 erasures = Table(
@@ -423,12 +425,78 @@ outbox = Table(
     Column("topic", String(100)),
     Column("recipient", String(320)),  # a person to notify; None: the contact
     Column("payload", Json, nullable=False),
-    Column("status", String(16), nullable=False),  # queued | ...
+    # queued -> sending -> sent -> delivered | bounced | complained; or skipped | failed.
+    # A held or delayed message stays queued with a later send_after and its rule set.
+    Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("send_after", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("rule", String(32)),  # the policy rule or error code that last held it
+    Column("reason", Text),  # what a person reads: which rule, or the provider's answer
+    Column("provider", String(32)),
+    Column("provider_id", String(255)),
+    Column("address", String(320)),  # where it went: the email, phone or push endpoint
+    Column("lease_until", UTCDateTime),  # a dispatcher holds it while sending
+    Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime),
+    # A lease ran out after the provider may have accepted it: sent again with the same
+    # idempotency key, and marked, because a provider without one may deliver it twice.
+    Column("flagged", Boolean, nullable=False, server_default=false()),
     Index(None, "status", "send_after"),
-    Index(None, "contact_id"),
+    Index(None, "contact_id", "channel", "sent_at"),
     Index(None, "journey_key", "step"),
+    Index(None, "provider_id"),
+)
+
+# Every consent change with its proof (the current state is in `consents`).
+consent_history = Table(
+    "consent_history",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("contact_id", BigId, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("topic", String(100), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("source", String(200)),
+    Column("ip", String(64)),
+    Column("wording", Text),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Index(None, "contact_id"),
+)
+
+push_subscriptions = Table(
+    "push_subscriptions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("contact_id", BigId, nullable=False),
+    Column("endpoint", String(2000), nullable=False, unique=True),
+    Column("p256dh", String(200), nullable=False),
+    Column("auth", String(100), nullable=False),
+    Column("user_agent", String(500)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expired_at", UTCDateTime),  # the push service answered 404/410
+    Index(None, "contact_id"),
+)
+
+# Provider feedback (delivery, bounce, complaint, open, click, reply) as received, once
+# per provider event; applied to its message when the message's send is recorded, so
+# feedback that arrives first waits here instead of being lost.
+message_feedback = Table(
+    "message_feedback",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("provider", String(32), nullable=False),
+    Column("event_key", String(255), nullable=False),  # the provider's event id, or a hash
+    Column("provider_id", String(255)),  # the provider's message id
+    Column("outbox_id", BigId),
+    Column("type", String(32), nullable=False),  # delivered | bounced | complained | ...
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("applied_at", UTCDateTime),
+    UniqueConstraint("provider", "event_key"),
+    Index(None, "provider_id"),
+    Index(None, "applied_at"),
 )
 
 # Events journeys react to (triggers, goals, exits, waits), queued in the transaction
@@ -444,6 +512,8 @@ journey_inbox = Table(
 
 # Every row journeys keep per contact: what erasure removes.
 JOURNEYS_BY_CONTACT = (enrolments, journey_steps, outbox, journey_inbox)
+# Messaging rows kept per contact: what erasure removes.
+MESSAGES_BY_CONTACT = (consent_history, push_subscriptions)
 
 # Every row evaluation keeps per contact: what erasure removes and a reset forgets.
 EVALUATION_BY_CONTACT = (
