@@ -117,8 +117,10 @@ def clock() -> SimulatedClock:
 
 def make_settings(url: str, **overrides: Any) -> Settings:
     """Settings that ignore the developer's environment and nurture.yaml."""
-    return Settings.model_construct(
-        **{**Settings.model_construct().model_dump(), "database_url": url, **overrides}
+    # model_validate checks the values (nested settings become their models) without
+    # reading the environment or nurture.yaml, which only __init__ does.
+    return Settings.model_validate(
+        {**dict(Settings.model_construct()), "database_url": url, **overrides}
     )
 
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
+from sqlalchemy import Connection
+
+from nurture.channels.base import Channel, Failed
+from nurture.channels.config import build_channels
+from nurture.channels.subscriptions import PushSubscriptions
 from nurture.clock import Clock, SystemClock
 from nurture.contacts.privacy import PrivacyService
 from nurture.contacts.service import ContactService
@@ -21,6 +27,18 @@ from nurture.journeys.runtime import JourneyRuntime, Options
 from nurture.journeys.service import JourneyService
 from nurture.keys import KeyStore
 from nurture.lifecycle.service import LifecycleService
+from nurture.messages.compose import Composer, Sender
+from nurture.messages.consent import ConsentService
+from nurture.messages.dispatch import Dispatcher, DispatchOptions
+from nurture.messages.feedback import FeedbackService
+from nurture.messages.feedback_hooks import ProviderHooks
+from nurture.messages.policy_config import PolicyConfig
+from nurture.messages.providers import FeedbackConfig
+from nurture.messages.runner import DispatchRunner
+from nurture.messages.service import MessageService
+from nurture.messages.suppression import Suppressions
+from nurture.messages.templates import TemplateService
+from nurture.messages.tracking import Tracker, TrackingConfig
 from nurture.project import Project
 from nurture.segments.engine import Engine
 from nurture.segments.runner import EvaluationRunner
@@ -41,6 +59,7 @@ class Nurture:
         db: Database | None = None,
         background: bool = False,
         webhooks: WebhookCaller | None = None,
+        channels: dict[str, Channel] | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.clock = clock or SystemClock()
@@ -56,6 +75,15 @@ class Nurture:
         )
         self.contacts = ContactService(self.db, self.clock)
         self.privacy = PrivacyService(self.db, self.clock)
+        self.push_subscriptions = PushSubscriptions(self.db, self.clock)
+        self.suppressions = Suppressions(
+            self.db, self.clock, region=self.settings.default_phone_region
+        )
+        # Validated again because tests build Settings with model_construct (no validation).
+        self.policy = PolicyConfig.model_validate(self.settings.policy)
+        self.consent = ConsentService(
+            self.db, self.clock, self.link_secret, confirm_ttl=self.policy.confirm_expires
+        )
         self.rejected = RejectedStore(self.db, self)
         self.engine = Engine(self.db, self.clock)
         self.segments = SegmentService(self.db, self.clock, self.engine)
@@ -73,6 +101,23 @@ class Nurture:
             ),
         )
         self.journeys = JourneyService(self.journey_runtime, self.settings.project_dir)
+        self.templates = TemplateService(
+            self.db,
+            self.clock,
+            self.settings.project_dir,
+            engine=self.engine,
+            default_timezone=self.settings.default_timezone,
+        )
+        self.messages = MessageService(self.db, self.clock)
+        # Tracking links and provider feedback (docs/tracking.md).
+        self.tracker = Tracker(
+            self.settings.base_url, self.link_secret, self.settings.tracking or TrackingConfig()
+        )
+        self.feedback = FeedbackService(self.db, self.clock, self.suppressions, self.consent)
+        self.provider_hooks = ProviderHooks(
+            self.settings.feedback or FeedbackConfig(), self.settings.base_url, self.clock, secret
+        )
+        self._channels = channels
         self.project = Project(self.settings.project_dir, self.db, self.clock, self.journeys)
         # The evaluator thread runs only where asked (the server); tests and commands
         # call the engine themselves.
@@ -91,7 +136,61 @@ class Nurture:
             # Evaluation's system events (segment.entered, ...) trigger journeys too.
             wake = self.journey_runner.notify
             self.engine.on_evaluated.append(lambda _waits: wake())
+        self.dispatch_runner: DispatchRunner | None = None
+        if background and self.settings.dispatch_in_process:
+            self.dispatch_runner = DispatchRunner(self.dispatcher)
+            dispatch = self.dispatch_runner.notify
+            self.journey_runtime.on_steps.append(lambda _timing: dispatch())
         self._started = False
+
+    @cached_property
+    def channels(self) -> dict[str, Channel]:
+        """The adapter of each channel, built when first needed, so that a missing
+        provider secret stops sending, not every command."""
+        if self._channels is None:
+            self._channels = build_channels(self.settings.channels, secret=secret)
+        return self._channels
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        """Sends the outbox (`run_due`); the dispatch thread and `nurture worker` use it."""
+        config = self.settings.channels
+        sender = Sender(
+            email_from=config.email_from or Sender.email_from,
+            reply_to=config.reply_to,
+            sms_from=config.sms_from,
+        )
+        return Dispatcher(
+            self.db,
+            self.clock,
+            channels=self.channels,
+            composer=Composer(
+                self.templates,
+                self.tracker,
+                sender,
+                engine=self.engine,
+                default_timezone=self.settings.default_timezone,
+            ),
+            policy=self.policy,
+            default_timezone=self.settings.default_timezone,
+            on_recorded=self.feedback.apply_pending,
+            on_bounce=self._suppress_bounce,
+            options=DispatchOptions(
+                batch=self.settings.dispatch_batch, attempts=self.settings.dispatch_attempts
+            ),
+            rates=config.rates(),
+        )
+
+    def _suppress_bounce(self, conn: Connection, channel: str, address: str, why: Failed) -> None:
+        # A provider refused the address itself at send time (unknown user, not a mobile).
+        if channel == "email":
+            self.suppressions.add("email", address, "bounced", why.error, conn=conn)
+        elif channel in ("sms", "voice"):
+            # Twilio 21610: the number replied STOP to us before (START lifts it).
+            reason = "stop" if why.code == "twilio_21610" else "bounced"
+            self.suppressions.add("phone", address, reason, why.error, conn=conn)
+        elif channel == "push":  # the browser dropped the subscription (404/410)
+            self.push_subscriptions.expire(conn, address)
 
     def link_secret(self) -> str:
         """The key that signs links in messages: `secret_key`, else one derived from the
@@ -113,6 +212,8 @@ class Nurture:
                 self.runner.start()
             if self.journey_runner is not None:
                 self.journey_runner.start()
+            if self.dispatch_runner is not None:
+                self.dispatch_runner.start()
             self._started = True
         return self
 
@@ -122,6 +223,8 @@ class Nurture:
                 self.runner.stop()
             if self.journey_runner is not None:
                 self.journey_runner.stop()
+            if self.dispatch_runner is not None:
+                self.dispatch_runner.stop()
             self.writer.stop()
             self.db.stop_checkpointer()
             self._started = False

@@ -21,7 +21,12 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
+from nurture.channels.config import ChannelsConfig
 from nurture.errors import ConfigError
+from nurture.messages.policy_config import PolicyConfig
+from nurture.messages.preferences import PreferencesConfig
+from nurture.messages.providers import FeedbackConfig
+from nurture.messages.tracking import TrackingConfig
 
 ENV_PREFIX = "NURTURE_"
 DEFAULT_CONFIG_FILE = "nurture.yaml"
@@ -102,6 +107,20 @@ class Settings(BaseSettings):
         description="Tries of a failing journey step before its enrolment is parked as failed "
         "(webhook steps use their own `retries`)",
     )
+    dispatch_in_process: bool = Field(
+        True,
+        description="Run a dispatcher thread in `nurture serve` (sends the outbox); turn it "
+        "off where `nurture worker` processes send",
+    )
+    dispatch_batch: int = Field(
+        200, ge=1, le=10_000, description="Messages a dispatcher claims per round"
+    )
+    dispatch_attempts: int = Field(
+        8,
+        ge=1,
+        le=50,
+        description="Deliveries tried on transient provider errors before a message fails",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     secret_key: SecretStr | None = Field(
         None,
@@ -112,6 +131,32 @@ class Settings(BaseSettings):
         None,
         description="Base URL where contacts reach this server (links in messages, provider "
         "webhooks), e.g. https://nurture.example.com; default http://host:port",
+    )
+    policy: PolicyConfig = Field(
+        PolicyConfig(),
+        description="Send-time policy: consent by country, quiet hours, frequency caps, "
+        "local send time, double opt-in (docs/policy.md)",
+    )
+
+    channels: ChannelsConfig = Field(
+        ChannelsConfig(),
+        description="Which provider delivers email, sms, voice, push and webhook messages "
+        "(docs/channels.md); by default each is written to files in ./outbox",
+    )
+    tracking: TrackingConfig | None = Field(
+        None,
+        description="Open pixel, click tracking, UTM defaults and the List-Unsubscribe mailto "
+        "(docs/tracking.md); none: opens and clicks tracked, no UTM",
+    )
+    preferences: PreferencesConfig | None = Field(
+        None,
+        description="Topics the preference centre offers, per channel (docs/tracking.md); "
+        "none: one 'all marketing' choice",
+    )
+    feedback: FeedbackConfig | None = Field(
+        None,
+        description="What verifies provider webhooks: SNS topics, SendGrid key, Postmark and "
+        "Twilio credentials by env-var name (docs/tracking.md)",
     )
 
     @field_validator("public_url")

@@ -9,7 +9,21 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from nurture import __version__
-from nurture.api import admin, contacts, errors, ingest, journeys, lifecycle, segments
+from nurture.api import (
+    admin,
+    consents,
+    contacts,
+    errors,
+    feedback,
+    ingest,
+    journeys,
+    lifecycle,
+    messages,
+    push,
+    segments,
+    templates,
+    tracking,
+)
 from nurture.core import Nurture
 
 
@@ -46,8 +60,14 @@ def create_app(nurture: Nurture, *, manage_lifecycle: bool = True) -> FastAPI:
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(contacts.router)
+    app.include_router(consents.router)
     app.include_router(segments.router)
     app.include_router(lifecycle.router)
     app.include_router(journeys.router)
+    app.include_router(templates.router)
+    app.include_router(messages.router)
+    app.include_router(push.router)
     app.include_router(admin.router)
+    app.include_router(tracking.router)
+    app.include_router(feedback.router)
     return app

@@ -9,7 +9,16 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from nurture.cli import backtest, importer, journeys, segments, worker
+from nurture.cli import (
+    backtest,
+    consents,
+    importer,
+    journeys,
+    messages,
+    segments,
+    templates,
+    worker,
+)
 from nurture.cli.common import console, fail, running, settings
 from nurture.errors import NurtureError
 
@@ -28,6 +37,10 @@ app.add_typer(segments.segments_app, name="segments")
 app.add_typer(segments.stages_app, name="stages")
 app.add_typer(segments.scores_app, name="scores")
 app.add_typer(journeys.journeys_app, name="journeys")
+app.add_typer(templates.templates_app, name="templates")
+app.add_typer(messages.messages_app, name="messages")
+app.add_typer(consents.consents_app, name="consents")
+app.add_typer(consents.suppressions_app, name="suppressions")
 app.command("import")(importer.import_command)
 app.command("validate")(segments.validate_command)
 app.command("apply")(segments.apply_command)

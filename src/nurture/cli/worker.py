@@ -1,4 +1,4 @@
-"""`nurture worker`: keep segments current and run journeys, without HTTP."""
+"""`nurture worker`: keep segments current, run journeys and send messages, without HTTP."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from nurture.background import BackgroundLoop
 from nurture.cli.common import console, running
 from nurture.journeys.runner import JourneyRunner
+from nurture.messages.runner import DispatchRunner
 from nurture.segments.runner import EvaluationRunner
 
 
@@ -19,6 +20,9 @@ def worker_command(
     ),
     journeys: bool = typer.Option(
         True, "--journeys/--no-journeys", help="Run journeys: triggers, due steps, schedules"
+    ),
+    dispatch: bool = typer.Option(
+        True, "--dispatch/--no-dispatch", help="Send the outbox through the channels"
     ),
 ) -> None:
     """Work until interrupted (SIGTERM or Ctrl-C): any number of workers may run against
@@ -34,13 +38,28 @@ def worker_command(
                     batch=s.evaluation_batch,
                 ).start()
             )
+        dispatcher = DispatchRunner(nurture.dispatcher) if dispatch else None
         if journeys:
-            runners.append(JourneyRunner(nurture.journey_runtime).start())
+            runtime = nurture.journey_runtime
+            if dispatcher is not None:
+                wake = dispatcher.notify
+                runtime.on_steps.append(lambda _timing: wake())
+            runners.append(JourneyRunner(runtime).start())
+        if dispatcher is not None:
+            runners.append(dispatcher.start())
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         console.print(
             "working ("
-            + ", ".join(k for k, on in (("segments", segments), ("journeys", journeys)) if on)
+            + ", ".join(
+                k
+                for k, on in (
+                    ("segments", segments),
+                    ("journeys", journeys),
+                    ("dispatch", dispatch),
+                )
+                if on
+            )
             + "); Ctrl-C to stop"
         )
         try:

@@ -201,6 +201,8 @@ def run(
                 "recipient": None,
                 "payload": payload(journey, enrolment),
             }
+            if step.at is not None:
+                message["payload"]["send_at"] = step.at
             outcome = f"sent:{variant}" if variant else "sent"
         case BranchStep():
             outcome, target = "else", step.else_ or following

@@ -312,6 +312,8 @@ class SendStep(_Step):
     variants: list[Variant] | None = Field(None, min_length=2)
     kind: Literal["marketing", "transactional"] = "marketing"
     topic: str | None = None
+    # Deliver at this time of day in the contact's timezone (the dispatcher holds it).
+    at: ClockTime | None = None
 
     @model_validator(mode="after")
     def _one_template(self) -> SendStep:

@@ -96,6 +96,8 @@ class Registry:
             "score_model": reg.score_models,
         }
         for row in stored:
+            if row.kind not in parsers:
+                continue  # not evaluation's (templates)
             try:
                 parsed = parsers[row.kind]({"key": row.key, **row.body})
             except NurtureError as exc:

@@ -20,24 +20,26 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-OUTBOX_COLUMNS: tuple[sa.Column[object], ...] = (
-    sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-    sa.Column("rule", sa.String(length=32), nullable=True),
-    sa.Column("reason", sa.Text(), nullable=True),
-    sa.Column("provider", sa.String(length=32), nullable=True),
-    sa.Column("provider_id", sa.String(length=255), nullable=True),
-    sa.Column("address", sa.String(length=320), nullable=True),
-    sa.Column("lease_until", UTC_TIME, nullable=True),
-    sa.Column("sent_at", UTC_TIME, nullable=True),
-    sa.Column("updated_at", UTC_TIME, nullable=True),
-    sa.Column("flagged", sa.Boolean(), server_default=sa.false(), nullable=False),
-)
+
+def _outbox_columns() -> tuple[sa.Column[object], ...]:
+    return (
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("rule", sa.String(length=32), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("provider", sa.String(length=32), nullable=True),
+        sa.Column("provider_id", sa.String(length=255), nullable=True),
+        sa.Column("address", sa.String(length=320), nullable=True),
+        sa.Column("lease_until", UTC_TIME, nullable=True),
+        sa.Column("sent_at", UTC_TIME, nullable=True),
+        sa.Column("updated_at", UTC_TIME, nullable=True),
+        sa.Column("flagged", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
 
 
 def upgrade() -> None:
     with op.batch_alter_table("outbox") as batch:
-        for column in OUTBOX_COLUMNS:
-            batch.add_column(column.copy())
+        for column in _outbox_columns():
+            batch.add_column(column)
         batch.drop_index("ix_outbox_contact_id")
         batch.create_index(
             "ix_outbox_contact_id_channel_sent_at", ["contact_id", "channel", "sent_at"]
@@ -102,5 +104,5 @@ def downgrade() -> None:
         batch.drop_index("ix_outbox_provider_id")
         batch.drop_index("ix_outbox_contact_id_channel_sent_at")
         batch.create_index("ix_outbox_contact_id", ["contact_id"])
-        for column in reversed(OUTBOX_COLUMNS):
+        for column in reversed(_outbox_columns()):
             batch.drop_column(column.name)

@@ -1,0 +1,1 @@
+"""Delivery adapters: one module per provider behind the protocol in base.py."""
