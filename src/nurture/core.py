@@ -187,8 +187,10 @@ class Nurture:
             self.suppressions.add("email", address, "bounced", why.error, conn=conn)
         elif channel in ("sms", "voice"):
             # Twilio 21610: the number replied STOP to us before (START lifts it).
-            reason = "stop" if why.code == "twilio_21610" else "bounced"
-            self.suppressions.add("phone", address, reason, why.error, conn=conn)
+            if why.code == "twilio_21610":
+                self.suppressions.add("phone", address, "stop", why.error, conn=conn)
+            else:
+                self.suppressions.add("phone", address, "bounced", why.error, conn=conn)
         elif channel == "push":  # the browser dropped the subscription (404/410)
             self.push_subscriptions.expire(conn, address)
 
