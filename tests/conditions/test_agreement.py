@@ -79,6 +79,14 @@ events = st.lists(
     ),
     max_size=12,
 )
+# Consent rows, as the sending rules read them: topic "*" (all marketing of the channel)
+# next to single topics, recorded at times that tie as often as they differ.
+CONSENT_TOPICS = ["*", "news", "billing"]
+consent_rows = st.dictionaries(
+    st.tuples(st.sampled_from(["email", "sms"]), st.sampled_from(CONSENT_TOPICS)),
+    st.tuples(st.sampled_from(["granted", "denied", "pending"]), st.sampled_from([0, 1, 2, 48])),
+    max_size=4,
+)
 contacts = st.fixed_dictionaries(
     {
         "traits": traits,
@@ -88,7 +96,7 @@ contacts = st.fixed_dictionaries(
         "stage": st.sampled_from([None, *STAGES]),
         "was": st.sets(st.sampled_from(STAGES)),
         "score": st.one_of(st.none(), st.sampled_from([0.0, 5.0, 20.0, 49.5, 50.0, 80.0, -10.0])),
-        "consent": st.sampled_from([None, "granted", "denied", "pending"]),
+        "consents": consent_rows,
     }
 )
 worlds = st.lists(contacts, min_size=2, max_size=8)
@@ -219,6 +227,16 @@ trend_conditions = st.builds(
     st.sampled_from(["below", "above"]),
     st.sampled_from([0.5, 1, 1.5, 2]),
 )
+consent_conditions = st.builds(
+    lambda channel, topic, state: {
+        "consent": channel,
+        **({"topic": topic} if topic else {}),
+        **({"state": state} if state else {}),
+    },
+    st.sampled_from(["email", "sms", "push"]),
+    st.sampled_from([None, *CONSENT_TOPICS, "other"]),
+    st.sampled_from([None, "granted", "denied", "pending", "unknown"]),
+)
 state_conditions = st.one_of(
     st.sampled_from(["s1", "s2", "s3"]).map(lambda k: {"segment": k}),
     st.tuples(st.sampled_from(STAGES), st.booleans()).map(
@@ -226,9 +244,7 @@ state_conditions = st.one_of(
     ),
     numeric.map(lambda cmp: {"score": "lead", **cmp}),
     st.sampled_from(["cold", "warm", "hot"]).map(lambda x: {"score": "lead", "temperature": x}),
-    st.sampled_from(["granted", "denied", "pending", "unknown"]).map(
-        lambda s: {"consent": "email", "state": s}
-    ),
+    consent_conditions,
 )
 leaves = st.one_of(
     trait_conditions,
@@ -311,16 +327,16 @@ def store(db: Database, world: list[dict[str, Any]]) -> None:
                     "updated_at": NOW,
                 }
             )
-        if c["consent"]:
-            rows[t.consents].append(
-                {
-                    "contact_id": index,
-                    "channel": "email",
-                    "topic": "marketing",
-                    "state": c["consent"],
-                    "recorded_at": NOW,
-                }
-            )
+        rows[t.consents] += [
+            {
+                "contact_id": index,
+                "channel": channel,
+                "topic": topic,
+                "state": state,
+                "recorded_at": NOW - timedelta(hours=hours_ago),
+            }
+            for (channel, topic), (state, hours_ago) in c["consents"].items()
+        ]
     with db.write() as conn:
         for table, values in rows.items():
             conn.execute(delete(table))
@@ -387,4 +403,12 @@ def test_sequence_conditions_agree(
 @SETTINGS
 @given(world=worlds, raw=st.lists(conditions, min_size=2, max_size=6))
 def test_nested_conditions_agree(db: Database, world: list[dict[str, Any]], raw: list[Any]) -> None:
+    check(db, world, raw)
+
+
+@SETTINGS
+@given(world=worlds, raw=st.lists(consent_conditions, min_size=4, max_size=10))
+def test_consent_conditions_agree(
+    db: Database, world: list[dict[str, Any]], raw: list[Any]
+) -> None:
     check(db, world, raw)

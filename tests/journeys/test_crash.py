@@ -81,14 +81,19 @@ def expected_path(contact_id: int, plan: str) -> list[str]:
 
 
 class Workers:
-    """`nurture worker --no-segments` processes, each logging to its own file."""
+    """`nurture worker --no-segments --no-dispatch` processes, each logging to its own file."""
 
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = env
         self.logs = logs
         self.started = 0
         self.running: list[subprocess.Popen[bytes]] = []
-        self.command = [str(Path(sys.executable).with_name("nurture")), "worker", "--no-segments"]
+        self.command = [
+            str(Path(sys.executable).with_name("nurture")),
+            "worker",
+            "--no-segments",
+            "--no-dispatch",
+        ]
 
     def start(self) -> None:
         """One more worker."""

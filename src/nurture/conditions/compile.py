@@ -18,6 +18,7 @@ from nurture.conditions.env import Env
 from nurture.conditions.facts import TEXT_COLUMNS, TIME_COLUMNS
 from nurture.conditions.memory import compare_number, window
 from nurture.conditions.model import (
+    ALL_TOPICS,
     AggregateCondition,
     AllCondition,
     AnyCondition,
@@ -326,10 +327,41 @@ class SqlCompiler:
         return contacts.c.id.in_(rows.where(cmp))
 
     def _consent(self, condition: ConsentCondition) -> Bool:
-        c = t.consents.c
-        rows = select(c.contact_id).where(
-            c.channel == condition.consent, c.topic == condition.topic
+        """`memory.consent_state` in SQL: the row that speaks is the channel's `*` row
+        unless the topic's own row was recorded at the same time or later."""
+        channel, topic, state = condition.consent, condition.topic, condition.state
+        own, overall = t.consents.alias("own_consent"), t.consents.alias("all_consent")
+        speaks_overall = select(overall.c.contact_id).where(
+            overall.c.channel == channel, overall.c.topic == ALL_TOPICS, overall.c.state == state
         )
-        if condition.state == "unknown":
-            return contacts.c.id.not_in(rows.where(c.state != "unknown"))
-        return contacts.c.id.in_(rows.where(c.state == condition.state))
+        speaks: Bool = contacts.c.id.in_(speaks_overall)
+        if topic != ALL_TOPICS:
+            topic_later = exists().where(
+                own.c.contact_id == overall.c.contact_id,
+                own.c.channel == channel,
+                own.c.topic == topic,
+                own.c.recorded_at >= overall.c.recorded_at,
+            )
+            overall_later = exists().where(
+                overall.c.contact_id == own.c.contact_id,
+                overall.c.channel == channel,
+                overall.c.topic == ALL_TOPICS,
+                overall.c.recorded_at > own.c.recorded_at,
+            )
+            speaks_own = select(own.c.contact_id).where(
+                own.c.channel == channel,
+                own.c.topic == topic,
+                own.c.state == state,
+                not_(overall_later),
+            )
+            speaks = or_(
+                contacts.c.id.in_(speaks_overall.where(not_(topic_later))),
+                contacts.c.id.in_(speaks_own),
+            )
+        if state == "unknown":
+            # No row at all, or (never written by Nurture) a row that says "unknown".
+            c = t.consents.c
+            topics = {topic, ALL_TOPICS}
+            rows = select(c.contact_id).where(c.channel == channel, c.topic.in_(sorted(topics)))
+            return or_(contacts.c.id.not_in(rows), speaks)
+        return speaks

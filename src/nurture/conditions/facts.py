@@ -46,7 +46,8 @@ class ContactFacts:
     stages: dict[str, str] = field(default_factory=dict)
     stages_ever: dict[str, set[str]] = field(default_factory=dict)
     scores: dict[str, tuple[float, str]] = field(default_factory=dict)
-    consents: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (state, recorded at in microseconds) by (channel, topic); topic "*" for all marketing.
+    consents: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 def _us(value: datetime | None) -> int | None:
@@ -114,11 +115,12 @@ def load_facts(
         facts[row.contact_id].scores[row.model] = (row.score, row.temperature)
     cs = t.consents.c
     for row in conn.execute(
-        select(cs.contact_id, cs.channel, cs.topic, cs.state).where(
+        select(cs.contact_id, cs.channel, cs.topic, cs.state, cs.recorded_at).where(
             one_of(conn, cs.contact_id, ids)
         )
     ):
-        facts[row.contact_id].consents[(row.channel, row.topic)] = row.state
+        recorded = to_microseconds(row.recorded_at)
+        facts[row.contact_id].consents[(row.channel, row.topic)] = (row.state, recorded)
     return facts
 
 

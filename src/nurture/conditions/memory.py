@@ -14,6 +14,7 @@ from typing import Any, assert_never
 from nurture.conditions.env import Env
 from nurture.conditions.facts import TEXT_COLUMNS, TIME_COLUMNS, ContactFacts, EventFact
 from nurture.conditions.model import (
+    ALL_TOPICS,
     AggregateCondition,
     AllCondition,
     AnyCondition,
@@ -211,6 +212,18 @@ def aggregate(values: list[Any], events: int, function: str) -> float | int | No
     raise AssertionError(f"unhandled aggregate {function}")
 
 
+def consent_state(facts: ContactFacts, channel: str, topic: str) -> str:
+    """The contact's consent for marketing about `topic` on `channel`, as the send-time
+    policy reads it: of the topic's own row and the channel's `*` row, the one recorded
+    last speaks (the topic's own on a tie); "unknown" when neither exists."""
+    overall = facts.consents.get((channel, ALL_TOPICS))
+    specific = facts.consents.get((channel, topic)) if topic != ALL_TOPICS else None
+    latest = specific
+    if overall is not None and (latest is None or overall[1] > latest[1]):
+        latest = overall
+    return "unknown" if latest is None else latest[0]
+
+
 class Evaluator:
     """Evaluates conditions for contacts, all as of `env.now`."""
 
@@ -265,8 +278,7 @@ class Evaluator:
                     return temperature == condition.temperature
                 return compare_number(score, condition)
             case ConsentCondition():
-                state = facts.consents.get((condition.consent, condition.topic), "unknown")
-                return state == condition.state
+                return consent_state(facts, condition.consent, condition.topic) == condition.state
             case ComputedCondition():
                 trait = self.env.computed_trait(condition.computed)
                 value = trait.value(facts, self.env)

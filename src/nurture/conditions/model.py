@@ -306,11 +306,16 @@ class ScoreCondition(NumericComparison):
         return self
 
 
+ALL_TOPICS = "*"
+
+
 class ConsentCondition(_Model):
-    """Consent state for a channel and topic."""
+    """Consent state for a channel and topic, as the sending rules read it: without a
+    topic (or with `*`), the channel's consent for all marketing; with a topic, the latest
+    recorded of that topic's consent and the channel's `*` one."""
 
     consent: Literal["email", "sms", "push", "whatsapp", "voice"]
-    topic: str = Field("marketing", min_length=1)
+    topic: str = Field(ALL_TOPICS, min_length=1, max_length=100)
     state: Literal["granted", "denied", "pending", "unknown"] = "granted"
 
 
