@@ -8,17 +8,22 @@ On PostgreSQL two workers share the outbox; on SQLite one worker runs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import orjson
+from aiosmtpd.controller import Controller
 from sqlalchemy import func, select
 from tests.channels import servers
 from tests.conftest import make_settings, process_url
@@ -90,7 +95,7 @@ def test_killed_dispatchers_lose_nothing_and_duplicate_only_flagged_messages(
     _fill(db)
     logs = tmp_path / "logs"
     logs.mkdir()
-    with servers.smtp_server() as (handler, port):
+    with _slow_smtp_server() as (handler, port):
         channels = {"email": {"provider": "smtp", "host": "127.0.0.1", "port": port,
                               "starttls": False, "from": "billing@acme.test"}}  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
@@ -106,7 +111,8 @@ def test_killed_dispatchers_lose_nothing_and_duplicate_only_flagged_messages(
         try:
             # Given dispatchers at work, when one is killed each time more mail arrived
             for kill in range(KILLS):
-                goal = MESSAGES * (kill + 1) // (KILLS + 2)
+                # Off the batch boundaries (25), so that the kill finds a batch half sent
+                goal = MESSAGES * (kill + 1) // (KILLS + 2) + 12
                 deadline = time.monotonic() + 120
                 while len(handler.received) < goal:
                     assert time.monotonic() < deadline, "the dispatchers stopped sending"
@@ -158,6 +164,27 @@ def test_killed_dispatchers_lose_nothing_and_duplicate_only_flagged_messages(
     assert twice <= flagged
     assert all(received[ids[key]] <= 1 + KILLS for key in twice)
     assert sum(received.values()) - MESSAGES <= len(flagged)
+
+
+class _SlowHandler(servers.SmtpHandler):
+    """Takes 3 ms a message, as a real server does, so that most of a round is sending
+    and a kill finds a batch half sent rather than between rounds."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(0.003)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@contextmanager
+def _slow_smtp_server() -> Iterator[tuple[servers.SmtpHandler, int]]:
+    handler = _SlowHandler()
+    port = servers.free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
 
 
 def _latest_lease(db: Database) -> datetime | None:
