@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nurture.core import Nurture
-from nurture.errors import ValidationError
+from nurture.errors import NurtureError, ValidationError
 from nurture.project import Project
 
 
@@ -119,3 +119,24 @@ def test_a_wrong_journey_file_names_the_file_and_field(nurture: Nurture, tmp_pat
     with pytest.raises(ValidationError) as caught:
         project.validate()
     assert caught.value.path == "journeys/bad.yaml.trigger.segment"
+
+
+def test_validate_checks_template_files_strictly(nurture: Nurture, tmp_path: Path) -> None:
+    from nurture.messages.templates import TemplateService
+
+    templates = TemplateService(nurture.db, nurture.clock, tmp_path)
+    project = Project(tmp_path, nurture.db, nurture.clock, templates=templates)
+    # Given a good template file, validation passes
+    write(tmp_path, "templates/welcome.yaml", "email:\n  subject: Hi {{ contact.first_name }}\n"
+          "  html: <p>Welcome</p>\n")  # fmt: skip
+    project.validate()
+    # When a template reads a variable no message has, or does not compile
+    write(tmp_path, "templates/broken.yaml", "sms:\n  body: Hi {{ contact.frist_name }}\n")
+    with pytest.raises(NurtureError, match="frist_name") as unknown:
+        project.validate()
+    assert unknown.value.path is not None and "broken" in unknown.value.path
+    write(tmp_path, "templates/broken.yaml", "sms:\n  body: Hi {% if x %}\n")
+    # Then validation names the file, and the line and column of a syntax error
+    with pytest.raises(NurtureError, match="line 1") as syntax:
+        project.validate()
+    assert "broken" in str(syntax.value)

@@ -118,7 +118,9 @@ class Nurture:
             self.settings.feedback or FeedbackConfig(), self.settings.base_url, self.clock, secret
         )
         self._channels = channels
-        self.project = Project(self.settings.project_dir, self.db, self.clock, self.journeys)
+        self.project = Project(
+            self.settings.project_dir, self.db, self.clock, self.journeys, self.templates
+        )
         # The evaluator thread runs only where asked (the server); tests and commands
         # call the engine themselves.
         self.runner: EvaluationRunner | None = None

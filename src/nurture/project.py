@@ -27,6 +27,7 @@ from nurture.errors import ValidationError
 from nurture.journeys import store as journey_store
 from nurture.journeys.model import dump_journey, parse_journey
 from nurture.journeys.service import JourneyService
+from nurture.messages.templates import TemplateService
 from nurture.segments.definitions import DefinitionStore, StoredDefinition
 from nurture.segments.registry import Registry
 from nurture.store import Database
@@ -71,12 +72,18 @@ class Plan:
 
 class Project:
     def __init__(
-        self, folder: Path, db: Database, clock: Clock, journeys: JourneyService | None = None
+        self,
+        folder: Path,
+        db: Database,
+        clock: Clock,
+        journeys: JourneyService | None = None,
+        templates: TemplateService | None = None,
     ) -> None:
         self.folder = folder
         self.db = db
         self.clock = clock
         self.journeys = journeys
+        self.templates = templates
 
     def read(self) -> list[FileDefinition]:
         """Every definition in the project files; raises ValidationError naming the file
@@ -132,6 +139,12 @@ class Project:
         journeys = [d for d in found if d.kind == "journey"]
         if journeys:
             self._validate_journeys(journeys, trial, registry)
+        if self.templates is not None:
+            # Templates are read from their files when sent (nothing to apply), so this is
+            # where a broken one is caught before a journey needs it.
+            for problems in self.templates.validate_files().values():
+                if problems:
+                    raise problems[0]
         return found
 
     def _validate_journeys(
