@@ -23,7 +23,9 @@ steps:
 def workdir(cli_url: str, tmp_path: Path) -> Path:
     """A project folder as the working directory, with NURTURE_DATABASE_URL set."""
     (tmp_path / "templates").mkdir()
-    (tmp_path / "templates" / "welcome.liquid").write_text("Hello")
+    (tmp_path / "templates" / "welcome.yaml").write_text(
+        "email: {subject: Hello, html: '<p>Hello</p>'}\n"
+    )
     (tmp_path / "journeys").mkdir()
     (tmp_path / "journeys" / "welcome.yaml").write_text(JOURNEY)
     return tmp_path

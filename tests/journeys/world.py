@@ -58,7 +58,11 @@ def make_templates(project: Path) -> None:
     folder = project / "templates"
     folder.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATES:
-        (folder / f"{name}.liquid").write_text(f"{name}\n")
+        # A real template (docs/templates.md) for every channel, so messages can be sent.
+        (folder / f"{name}.yaml").write_text(
+            f"email: {{subject: {name}, html: '<p>{name}</p>'}}\n"
+            f"sms: {{body: {name}}}\npush: {{title: {name}, body: {name}}}\n"
+        )
 
 
 @dataclass
