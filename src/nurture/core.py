@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from nurture.channels.base import Channel, Failed
-from nurture.channels.config import build_channels
+from nurture.channels.config import ChannelsConfig, build_channels
 from nurture.channels.subscriptions import PushSubscriptions
 from nurture.clock import Clock, SystemClock
 from nurture.contacts.privacy import PrivacyService
@@ -146,17 +146,22 @@ class Nurture:
         self._started = False
 
     @cached_property
+    def channels_config(self) -> ChannelsConfig:
+        # Validated again: settings built with model_construct (tests) keep plain dicts.
+        return ChannelsConfig.model_validate(self.settings.channels)
+
+    @cached_property
     def channels(self) -> dict[str, Channel]:
         """The adapter of each channel, built when first needed, so that a missing
         provider secret stops sending, not every command."""
         if self._channels is None:
-            self._channels = build_channels(self.settings.channels, secret=secret)
+            self._channels = build_channels(self.channels_config, secret=secret)
         return self._channels
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
         """Sends the outbox (`run_due`); the dispatch thread and `nurture worker` use it."""
-        config = self.settings.channels
+        config = self.channels_config
         sender = Sender(
             email_from=config.email_from or Sender.email_from,
             reply_to=config.reply_to,

@@ -194,13 +194,69 @@ def test_the_preference_centre(n: Nurture, web: TestClient, ref: MessageRef) -> 
     assert 'name="email:news" value="1">' in again.text
 
 
-def test_double_opt_in_confirmation(n: Nurture, web: TestClient, ref: MessageRef) -> None:
-    # Given a pending double opt-in
+def test_double_opt_in_asks_before_confirming(n: Nurture, web: TestClient, ref: MessageRef) -> None:
+    # Given a pending double opt-in for the newsletter
     token = n.consent.request_confirmation(ref.contact_id, "email", "news", source="signup form")
-    # When the confirm link is opened
-    response = web.get(n.tracker.confirm_url(token))
-    # Then the consent is granted and the person thanked
+    url = n.tracker.confirm_url(token)
+    # When the confirm link is opened (as a mail scanner or link preview would), twice
+    page = web.get(url)
+    web.get(url, headers={"User-Agent": "Barracuda Sentinel (EE)"})
+    # Then a page names what is confirmed and offers a button that posts back
+    assert page.status_code == 200
+    assert '<form method="post" action="/t/confirm/' in page.text
+    assert "Newsletter by email" in page.text and "Confirm my subscription" in page.text
+    assert page.headers["cache-control"].startswith("no-store")
+    # And nothing changed: the consent waits, with no confirmation in its history
+    assert n.consent.states(ref.contact_id) == {("email", "news"): "pending"}
+    history = n.consent.document(ref.contact_id)["history"]
+    assert [h["state"] for h in history] == ["pending"]
+
+
+def test_double_opt_in_confirmation(n: Nurture, web: TestClient, ref: MessageRef) -> None:
+    # Given a pending double opt-in, and the page its link opened
+    token = n.consent.request_confirmation(ref.contact_id, "email", "news", source="signup form")
+    url = n.tracker.confirm_url(token)
+    page = web.get(url)
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+    assert action is not None
+    # When the person presses the button
+    response = web.post(action.group(1), data={"confirm": "1"})
+    # Then the consent is granted, with the confirmation's proof, and the person thanked
     assert response.status_code == 200 and "Thank you" in response.text
     assert n.consent.states(ref.contact_id)[("email", "news")] == "granted"
-    # And a forged link is refused
-    assert web.get("/t/confirm/abc.def").status_code == 400
+    last = n.consent.document(ref.contact_id)["history"][-1]
+    assert (last["state"], last["source"]) == ("granted", "double opt-in")
+    # When it is pressed again (a double click, a reload)
+    again = web.post(action.group(1), data={"confirm": "1"})
+    # Then it still thanks, and records nothing more
+    assert again.status_code == 200 and "Thank you" in again.text
+    assert len(n.consent.document(ref.contact_id)["history"]) == 2
+
+
+def test_a_bad_confirm_link_is_refused_on_both_methods(
+    n: Nurture, web: TestClient, ref: MessageRef
+) -> None:
+    # Given a pending opt-in, a forged link and a link signed for another purpose
+    n.consent.request_confirmation(ref.contact_id, "email", "news", source="signup form")
+    click = n.tracker.token("click", {**ref.payload(), "u": "https://shop.example.com/"})
+    for bad in ("abc.def", click):
+        # When each is opened and posted
+        shown = web.get(f"/t/confirm/{bad}")
+        posted = web.post(f"/t/confirm/{bad}", data={"confirm": "1"})
+        # Then both answer an error page with no button, and the consent still waits
+        assert shown.status_code == 400 and posted.status_code == 400
+        assert "does not work" in shown.text and "<form" not in shown.text
+    assert n.consent.states(ref.contact_id) == {("email", "news"): "pending"}
+
+
+def test_an_expired_confirm_link_confirms_nothing(
+    n: Nurture, web: TestClient, ref: MessageRef, clock: SimulatedClock
+) -> None:
+    # Given a double opt-in asked for longer ago than links stay valid
+    token = n.consent.request_confirmation(ref.contact_id, "email", "*", source="signup form")
+    clock.advance(n.consent.confirm_ttl + timedelta(seconds=1))
+    # When the button is pressed
+    response = web.post(n.tracker.confirm_url(token), data={"confirm": "1"})
+    # Then the person is told to sign up again, and the consent still waits
+    assert response.status_code == 400 and "expired" in response.text
+    assert n.consent.states(ref.contact_id) == {("email", "*"): "pending"}

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from starlette.testclient import TestClient
 
+from nurture.clock import SimulatedClock
+from nurture.contacts.privacy import suppression_hash
 from nurture.core import Nurture
 from nurture.errors import NotFound
 from nurture.lifecycle.presets import LEAD_SCORE_YAML, SAAS_YAML
+from nurture.messages.providers import FeedbackItem
 from nurture.segments.definitions import DefinitionStore
 from nurture.store import tables as t
 
@@ -202,3 +207,98 @@ def test_erase_removes_what_evaluation_derived_from_the_contact(
     # Then none of it is left
     for table in (*derived, *t.EVALUATION_BY_CONTACT, t.consents):
         assert count(nurture, table, table.c.contact_id == alice) == 0, table.name
+
+
+def test_erase_hardens_earlier_suppressions_of_the_contact(
+    nurture: Nurture, client: TestClient, admin_key: str, clock: SimulatedClock, send: Any
+) -> None:
+    # Given Dana, whose email bounced and who texted STOP, and Bob, whose email bounced too
+    send(
+        {
+            "type": "identify",
+            "userId": "dana",
+            "traits": {"email": "dana.smith@example.com", "phone": "+14155550123"},
+        },
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com"}},
+    )
+    dana = int(nurture.contacts.lookup(user_id="dana")["id"])
+    diagnostic = "550 5.1.1 <dana.smith@example.com>: mailbox of Dana Smith unknown"
+    nurture.suppressions.add("email", "dana.smith@example.com", "bounced", diagnostic)
+    nurture.suppressions.add("phone", "+14155550123", "stop", "STOP - Dana Smith")
+    nurture.suppressions.add("email", "bob@example.com", "bounced", "550 no such user")
+    clock.advance(timedelta(days=3))
+    # When Dana is erased
+    report = nurture.privacy.erase(dana)
+    # Then both of her rows say "erased", dated by the erasure, with no detail left
+    assert report["suppressed"] == ["email", "phone"]
+    salt = nurture.db.meta_value("salt")
+    assert salt
+    with nurture.db.read() as conn:
+        rows = {r.hash: r for r in conn.execute(select(t.suppressions))}
+    hers = [rows[suppression_hash(salt, a)] for a in ("dana.smith@example.com", "+14155550123")]
+    assert [(r.kind, r.reason, r.detail) for r in hers] == [
+        ("email", "erased", None),
+        ("phone", "erased", None),
+    ]
+    assert all(r.created_at == clock.now() for r in hers)
+    # And nothing in the suppression list names her any more
+    assert not any("dana" in str(value).lower() for r in rows.values() for value in r)
+    # And Bob's bounce is untouched
+    assert rows[suppression_hash(salt, "bob@example.com")].reason == "bounced"
+    # When an admin tries to lift her email's suppression, and her phone's
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    for address in ("dana.smith@example.com", "+1 415 555 0123"):
+        response = client.delete("/api/suppressions", params={"address": address}, headers=auth)
+        # Then the API refuses, and the address stays suppressed
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "erased_address"
+    assert nurture.privacy.is_suppressed(email="Dana.Smith@example.com")
+    assert nurture.privacy.is_suppressed(phone="+14155550123")
+
+
+def test_erase_deletes_provider_feedback_about_the_contact(nurture: Nurture, send: Any) -> None:
+    # Given Dana with a sent email, its delivery report, a bounce of her address that came
+    # in for no known message, and a bounce of a look-alike address of someone else
+    send({"type": "identify", "userId": "dana", "traits": {"email": "dana.smith@example.com"}})
+    dana = int(nurture.contacts.lookup(user_id="dana")["id"])
+    now = nurture.clock.now()
+    with nurture.db.write() as conn:
+        sent = conn.execute(
+            insert(t.outbox)
+            .values(
+                idempotency_key="k1",
+                contact_id=dana,
+                channel="email",
+                kind="marketing",
+                payload={},
+                status="sent",
+                created_at=now,
+                send_after=now,
+                provider="ses",
+                provider_id="ses-1",
+            )
+            .returning(t.outbox.c.id)
+        ).scalar_one()
+    nurture.feedback.record(
+        "ses",
+        [
+            FeedbackItem("delivered", "d-1", now, provider_id="ses-1"),
+            FeedbackItem(
+                "bounced",
+                "b-1",
+                now,
+                address="Dana.Smith@example.com",
+                bounce_type="hard",
+                reason="550 mailbox of Dana Smith unknown",
+            ),
+            FeedbackItem("bounced", "b-2", now, address="jdana.smith@example.com"),
+        ],
+    )
+    assert count(nurture, t.message_feedback) == 3
+    # When Dana is erased
+    nurture.privacy.erase(dana)
+    # Then only the other person's feedback is left, and her message is gone
+    with nurture.db.read() as conn:
+        left = conn.execute(select(t.message_feedback.c.event_key)).scalars().all()
+    assert left == ["b-2"]
+    assert count(nurture, t.outbox, t.outbox.c.id == sent) == 0

@@ -21,7 +21,8 @@ HTML comment that rendered Markdown hides:
         stages: {lifecycle: customer}   current stage per model (also counted as reached)
         reached: {lifecycle: [lead]}    stages reached before
         scores: {lead: 42}              the temperature is the model's band for the score
-        consents: {email: granted, email/product: denied}   channel[/topic]
+        consents: {email: granted, email/product: [denied, 2d]}   channel[/topic]: state
+                                        or [state, age]; no topic is *, the age now
     matches: [ann]                      exactly these contacts satisfy the condition
     -->
 
@@ -305,15 +306,16 @@ def world_rows(scenario: dict[str, Any]) -> tuple[dict[str, int], dict[Any, list
             }
             for model, score in spec.get("scores", {}).items()
         ]
-        for channel_topic, state in spec.get("consents", {}).items():
+        for channel_topic, given in spec.get("consents", {}).items():
             channel, _, topic = channel_topic.partition("/")
+            state, age = given if isinstance(given, list) else (given, "now")
             rows[t.consents].append(
                 {
                     "contact_id": index,
                     "channel": channel,
-                    "topic": topic or "marketing",
+                    "topic": topic or "*",
                     "state": state,
-                    "recorded_at": now,
+                    "recorded_at": moment(now, age),
                 }
             )
     return ids, rows

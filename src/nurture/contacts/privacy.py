@@ -14,7 +14,7 @@ import hashlib
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select
+from sqlalchemy import Connection, Text, and_, cast, delete, func, insert, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from nurture.clock import Clock
@@ -22,7 +22,7 @@ from nurture.contacts.profile import normalize_email, normalize_phone
 from nurture.contacts.service import AnyRow, Doc, live_contact, profile_document, row_dict
 from nurture.store import Database
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows
+from nurture.store.bulk import upsert_rows
 
 EXPORT_FORMAT = "nurture.contact-export/1"
 
@@ -103,7 +103,8 @@ class PrivacyService:
     def erase(self, contact_id: int) -> Doc:
         """Delete a contact and everything about it, in one transaction (GDPR art. 17).
 
-        Its email and phone stay only as salted hashes in `suppressions`, and an
+        Its email and phone stay only as salted hashes in `suppressions` (reason
+        "erased", replacing any earlier reason and its detail), and an
         `erasures` row records that it happened (no personal data). Erasing an
         unknown or already erased contact raises NotFound.
         """
@@ -134,6 +135,9 @@ class PrivacyService:
                 else 0,
                 "contacts_deleted": gone(delete(t.contacts).where(t.contacts.c.id.in_(ids))),
             }
+            # Provider feedback about the person's messages, or naming their address (a
+            # bounce, a reply: it holds the address, diagnostics, IPs), before the messages.
+            conn.execute(delete(t.message_feedback).where(self._feedback_of(conn, ids, addresses)))
             # What evaluation derived from the person (memberships, stages, scores, their
             # histories, a pending evaluation), the person's consents, and their journeys
             # (enrolments, steps run, messages not yet sent, queued events).
@@ -144,17 +148,21 @@ class PrivacyService:
                 *t.JOURNEYS_BY_CONTACT,
             ):
                 conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
+            # An address suppressed already (bounced, STOP, manual) becomes "erased" too:
+            # an erased person's address must never be lifted, and the old row's detail
+            # (a bounce diagnostic, a reply) and date are history of the person.
             rows = [
                 {
                     "hash": suppression_hash(salt, value),
                     "kind": kind,
                     "reason": "erased",
                     "created_at": now,
+                    "detail": None,
                 }
                 for kind, values in addresses.items()
                 for value in values
             ]
-            insert_rows(conn, t.suppressions, rows, ignore_conflicts=True)
+            upsert_rows(conn, t.suppressions, rows, ["hash"])
             conn.execute(
                 insert(t.erasures).values(
                     contact_id=row.id, events_deleted=counts["events_deleted"], erased_at=now
@@ -235,6 +243,21 @@ class PrivacyService:
             for end in ",}"
         )
         return ids, sorted(needles), {k: sorted(v) for k, v in addresses.items()}
+
+    @staticmethod
+    def _feedback_of(conn: Connection, ids: list[int], addresses: Doc) -> ColumnElement[bool]:
+        """Feedback rows about the contacts' messages, or whose payload names one of
+        their addresses as a JSON string (quoted, so ann@x.com does not find joann@x.com)."""
+        f, o = t.message_feedback.c, t.outbox.c
+        theirs = o.contact_id.in_(ids)
+        tests: list[ColumnElement[bool]] = [
+            f.outbox_id.in_(select(o.id).where(theirs)),
+            f.provider_id.in_(select(o.provider_id).where(theirs, o.provider_id.is_not(None))),
+        ]
+        text = func.lower(cast(f.payload, Text))
+        for values in addresses.values():
+            tests += [_contains(conn, text, orjson.dumps(v.lower()).decode()) for v in values]
+        return or_(*tests)
 
     @staticmethod
     def _raw_mentions(conn: Connection, needles: list[str]) -> ColumnElement[bool]:

@@ -206,6 +206,23 @@ def unsubscribed_page(preferences: str | None) -> str:
     return page("You are unsubscribed", f"<p>You will not receive these messages again.</p>{more}")
 
 
+def confirm_page(action: str, config: PreferencesConfig, channel: str, topic: str) -> str:
+    """The page a double opt-in link opens: a button that POSTs to `action`, because
+    mail scanners follow links (a GET never confirms)."""
+    names = {t.key: t.name for t in config.topics}
+    what = "all our marketing" if topic == ALL else names.get(topic, topic)
+    how = _CHANNEL_NAMES.get(channel, channel).lower()
+    body = (
+        f'<form method="post" action="{html.escape(action)}">'
+        f"<p>Please confirm that you want to receive {html.escape(what)} by "
+        f"{html.escape(how)}.</p>"
+        '<button type="submit" name="confirm" value="1">Confirm my subscription</button>'
+        "</form><p><small>If you did not ask for this, ignore this page: nothing changes "
+        "until you press the button.</small></p>"
+    )
+    return page("Confirm your subscription", body)
+
+
 def confirmed_page() -> str:
     """The thank-you page of a double opt-in confirmation."""
     return page("Thank you", "<p>Your subscription is confirmed.</p>")
