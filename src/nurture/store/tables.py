@@ -431,6 +431,8 @@ outbox = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("send_after", UTCDateTime, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # Answers asking to slow down (429, Throttling): not failed tries, but not endless either.
+    Column("throttles", Integer, nullable=False, server_default="0"),
     Column("rule", String(32)),  # the policy rule or error code that last held it
     Column("reason", Text),  # what a person reads: which rule, or the provider's answer
     Column("provider", String(32)),

@@ -24,6 +24,7 @@ depends_on = None
 def _outbox_columns() -> tuple[sa.Column[object], ...]:
     return (
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("throttles", sa.Integer(), server_default="0", nullable=False),
         sa.Column("rule", sa.String(length=32), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("provider", sa.String(length=32), nullable=True),
