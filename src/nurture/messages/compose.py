@@ -9,7 +9,7 @@ is `Skipped` with the reason, never sent half-made.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -22,7 +22,7 @@ from nurture.errors import NotFound
 from nurture.messages.content import EmailContent, PushContent, SmsContent, VoiceContent
 from nurture.messages.context import build_contexts
 from nurture.messages.render import RenderError
-from nurture.messages.templates import TemplateService
+from nurture.messages.templates import Template, TemplateService
 from nurture.messages.tracking import Tracker
 from nurture.segments.engine import Engine
 from nurture.store import tables as t
@@ -69,8 +69,20 @@ class Composer:
         """One `Outgoing` and address, or the reason it was skipped, per row, in order."""
         contexts = build_contexts(conn, rows, engine=self.engine, now=now)
         pushes = _subscriptions(conn, [r.contact_id for r in rows if r.channel == "push"])
+        # Each template is looked up once per batch, not once per message (a query each).
+        found: dict[str, Template | NotFound] = {}
+
+        def template(key: str) -> Template | NotFound:
+            if key not in found:
+                try:
+                    found[key] = self.templates.get(key, conn=conn)
+                except NotFound as e:
+                    found[key] = e
+            return found[key]
+
         return [
-            self._one(row, context, pushes) for row, context in zip(rows, contexts, strict=True)
+            self._one(row, context, pushes, template)
+            for row, context in zip(rows, contexts, strict=True)
         ]
 
     def _one(
@@ -78,6 +90,7 @@ class Composer:
         row: Any,
         context: dict[str, Any] | None,
         pushes: dict[int, PushSubscription],
+        lookup: Callable[[str], Template | NotFound],
     ) -> Composed:
         if context is None:
             return Skipped("no_contact", f"contact {row.contact_id} no longer exists")
@@ -89,9 +102,8 @@ class Composer:
         if row.template is None:
             content: Any = _notification(row, contact)
         else:
-            try:
-                template = self.templates.get(row.template)
-            except NotFound:
+            template = lookup(row.template)
+            if isinstance(template, NotFound):
                 return Skipped("template", f"template {row.template!r} does not exist")
             # Links a message was written with (a double opt-in's confirm link), then the
             # personal ones.

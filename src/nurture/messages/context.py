@@ -32,9 +32,17 @@ _TIMES = ("created_at", "first_seen_at", "last_seen_at")
 _MAX_HOPS = 32
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def clean(value: Any) -> Any:
     """`value` without None and blank text, in mappings and lists alike."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:  # the common leaves first: this runs for every value of a message
+        return value
+    if kind is str:
+        return None if not value or value.isspace() else value
+    if kind is dict or isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             item = clean(item)
@@ -43,9 +51,13 @@ def clean(value: Any) -> Any:
         return out
     if isinstance(value, list):
         return [item for item in (clean(v) for v in value) if item is not None]
-    if isinstance(value, str) and not value.strip():
+    if isinstance(value, str) and (not value or value.isspace()):  # a str subclass
         return None
     return value
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and (not value or value.isspace()))
 
 
 def contacts(
@@ -92,7 +104,9 @@ def contacts(
         )
         document["traits"] = traits
         document["computed"] = clean(computed.get(row.id, {}))
-        documents[asked] = clean(document)
+        # Traits and computed values are clean already; a column may be empty (and then
+        # hides a trait of the same name, as cleaning the whole document would).
+        documents[asked] = {k: v for k, v in document.items() if not _blank(v)}
     return documents
 
 

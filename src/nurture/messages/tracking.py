@@ -198,8 +198,10 @@ class Tracker:
         body = content.html
         text = content.text
         if self.config.clicks:
-            body = self._html_links(body, payload, ref)
-            text = _TEXT_URL.sub(lambda m: self._text_link(m.group(0), payload, ref), text)
+            # A link in both parts, or twice in one, is signed once.
+            signed: dict[str, str] = {}
+            body = self._html_links(body, payload, ref, signed)
+            text = _TEXT_URL.sub(lambda m: self._text_link(m.group(0), payload, ref, signed), text)
         if self.config.opens and body:
             pixel = (
                 f'<img src="{self.base_url}/t/o/{self.token("open", payload)}.gif" width="1" '
@@ -214,7 +216,17 @@ class Tracker:
         signed is ever redirected to."""
         return f"{self.base_url}/t/c/{self.token('click', {**payload, 'u': target})}"
 
-    def _html_links(self, body: str, payload: dict[str, Any], ref: MessageRef) -> str:
+    def _signed_click(
+        self, target: str, payload: dict[str, Any], ref: MessageRef, signed: dict[str, str]
+    ) -> str:
+        url = signed.get(target)
+        if url is None:
+            url = signed[target] = self.click_url(self._with_utm(target, ref), payload)
+        return url
+
+    def _html_links(
+        self, body: str, payload: dict[str, Any], ref: MessageRef, signed: dict[str, str]
+    ) -> str:
         pieces, links = self._parse(body)
         if not links:
             return body
@@ -223,7 +235,7 @@ class Tracker:
             if target is None:
                 out.append(written)
             else:
-                out.append(self.click_url(self._with_utm(target, ref), payload))
+                out.append(self._signed_click(target, payload, ref, signed))
             out.append(piece)
         return "".join(out)
 
@@ -254,12 +266,14 @@ class Tracker:
             self._cache.popitem(last=False)
         return parsed
 
-    def _text_link(self, url: str, payload: dict[str, Any], ref: MessageRef) -> str:
+    def _text_link(
+        self, url: str, payload: dict[str, Any], ref: MessageRef, signed: dict[str, str]
+    ) -> str:
         # A sentence's full stop or comma is not part of the link.
         stripped = url.rstrip(".,;:!?")
         if stripped.startswith(self._own):
             return url
-        return self.click_url(self._with_utm(stripped, ref), payload) + url[len(stripped) :]
+        return self._signed_click(stripped, payload, ref, signed) + url[len(stripped) :]
 
     def _with_utm(self, url: str, ref: MessageRef) -> str:
         wanted = dict(self.config.utm)
