@@ -360,3 +360,27 @@ def test_frequency_caps_hold_across_a_batch(db: Database, clock: SimulatedClock)
         assert [row(nurture, m).status for m in ids] == ["sent", "sent", "skipped"]
         assert row(nurture, ids[2]).rule == "frequency_cap"
         assert len(provider.sent) == 2
+
+
+def test_a_template_file_that_breaks_skips_its_messages_not_the_round(
+    db: Database, clock: SimulatedClock, tmp_path: Any
+) -> None:
+    # Given a template file that stopped compiling after its journey was published
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "broken.yaml").write_text("email: {subject: 'Hi {% if', html: x}\n")
+    provider = MemoryChannel(monotonic=clock.monotonic)
+    settings = make_settings(str(db.url), project_dir=tmp_path)
+    with Nurture(settings, clock=clock, db=db, channels={"email": provider}) as nurture:
+        nurture.templates.put("welcome", WELCOME)
+        kim = person(nurture, "kim")
+        bad, good = (
+            queue(nurture, kim, template="broken"),
+            queue(nurture, kim, kind="transactional"),
+        )
+        # When the dispatcher runs
+        nurture.dispatcher.run_due()
+        # Then the broken one is skipped with the template's problem, the other one goes
+        skipped = row(nurture, bad)
+        assert skipped.status == "skipped" and skipped.rule == "template"
+        assert "broken" in skipped.reason
+        assert row(nurture, good).status == "sent" and len(provider.sent) == 1

@@ -179,12 +179,6 @@ def test_ses_message_rejected_fails_once_503_and_429_are_retried(
         channel.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatch.py records a throttled Retry as not-an-attempt with no other limit: a "
-    "recipient whose server always answers 451 4.7.1 stays queued for ever (and halves the "
-    "provider's rate each time)",
-)
 def test_a_throttled_answer_that_never_clears_also_ends(
     db: Database, clock: SimulatedClock, smtp: tuple[servers.SmtpHandler, int]
 ) -> None:

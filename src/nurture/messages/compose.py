@@ -9,6 +9,7 @@ is `Skipped` with the reason, never sent half-made.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from nurture.channels.base import Content, Email, Outgoing, Push, PushSubscription, Sms, Voice
-from nurture.errors import NotFound
+from nurture.errors import NotFound, NurtureError
 from nurture.messages.content import EmailContent, PushContent, SmsContent, VoiceContent
 from nurture.messages.context import build_contexts
 from nurture.messages.render import RenderError
@@ -27,6 +28,8 @@ from nurture.messages.tracking import Tracker
 from nurture.segments.engine import Engine
 from nurture.store import tables as t
 from nurture.store.bulk import one_of
+
+log = logging.getLogger("nurture.dispatch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,27 +73,31 @@ class Composer:
         contexts = build_contexts(conn, rows, engine=self.engine, now=now)
         pushes = _subscriptions(conn, [r.contact_id for r in rows if r.channel == "push"])
         # Each template is looked up once per batch, not once per message (a query each).
-        found: dict[str, Template | NotFound] = {}
+        found: dict[str, Template | NurtureError] = {}
 
-        def template(key: str) -> Template | NotFound:
+        def template(key: str) -> Template | NurtureError:
             if key not in found:
                 try:
                     found[key] = self.templates.get(key, conn=conn)
-                except NotFound as e:
+                except NurtureError as e:  # missing, or a file that no longer compiles
                     found[key] = e
             return found[key]
 
-        return [
-            self._one(row, context, pushes, template)
-            for row, context in zip(rows, contexts, strict=True)
-        ]
+        out: list[Composed] = []
+        for row, context in zip(rows, contexts, strict=True):
+            try:
+                out.append(self._one(row, context, pushes, template))
+            except Exception as e:  # a bug must cost this message, not the round
+                log.exception("composing message %s failed", row.id)
+                out.append(Skipped("internal", f"{e.__class__.__name__}: {e}"))
+        return out
 
     def _one(
         self,
         row: Any,
         context: dict[str, Any] | None,
         pushes: dict[int, PushSubscription],
-        lookup: Callable[[str], Template | NotFound],
+        lookup: Callable[[str], Template | NurtureError],
     ) -> Composed:
         if context is None:
             return Skipped("no_contact", f"contact {row.contact_id} no longer exists")
@@ -105,6 +112,8 @@ class Composer:
             template = lookup(row.template)
             if isinstance(template, NotFound):
                 return Skipped("template", f"template {row.template!r} does not exist")
+            if isinstance(template, NurtureError):
+                return Skipped("template", f"template {row.template!r}: {template}")
             # Links a message was written with (a double opt-in's confirm link), then the
             # personal ones.
             links = dict((row.payload or {}).get("links") or {})

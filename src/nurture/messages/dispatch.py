@@ -26,6 +26,7 @@ accepted them before the crash.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class DispatchOptions:
     attempts: int = 8  # deliveries tried on transient errors before the message fails
     backoff_base: float = 30.0
     backoff_cap: float = 6 * 3600.0
+    # Answers asking to slow down that one message may get before it fails: they back off
+    # from 1 s to an hour, so this is about a day of refusals.
+    throttle_limit: int = 30
 
 
 @dataclass
@@ -145,8 +149,24 @@ class Dispatcher:
             ).scalar_one_or_none()
 
     # -- 1. claim -------------------------------------------------------------------------
+    def _room(self) -> tuple[list[str], int | None]:
+        """The channels whose provider may take nothing now, and how many messages the
+        providers may take in all (None: no limit). Claiming more than that would render
+        messages only to put them back (a throttled campaign's backlog, every round)."""
+        now = self.clock.monotonic()
+        room = {p: throttle.available(now) for p, throttle in self.throttles.items()}
+        blocked = [name for name, c in self.channels.items() if room[c.provider] < 1]
+        if any(math.isinf(r) for r in room.values()):
+            return blocked, None
+        return blocked, int(sum(r for r in room.values() if r >= 1))
+
     def _claim(self, limit: int, report: RoundReport) -> list[_Claim]:
         o = t.outbox.c
+        blocked, room = self._room()
+        if room is not None:
+            if room < 1:
+                return []
+            limit = min(limit, room)
         with self.db.write() as conn:
             now = self.clock.now()
             # The earliest `limit` of both kinds of due rows. One query with an OR reads
@@ -157,6 +177,8 @@ class Dispatcher:
                 (o.status == "queued") & (o.send_after <= now),
                 (o.status == "sending") & (o.lease_until <= now),
             ):
+                if blocked:
+                    due = due & o.channel.not_in(blocked)
                 query = select(t.outbox).where(due).order_by(o.send_after, o.id).limit(limit)
                 if not self.db.is_sqlite:
                     query = query.with_for_update(skip_locked=True)
@@ -293,10 +315,9 @@ class Dispatcher:
                 provider = (
                     self.channels[row.channel].provider if row.channel in self.channels else ""
                 )
-                throttled = isinstance(result, Retry) and result.throttled
-                if id(claim) in held_back or throttled:
-                    # Over the provider's rate: not a failed attempt. Each waits for a slot
-                    # of its own, so the next rounds take them at the rate, not all at once.
+                if id(claim) in held_back:
+                    # Over the provider's rate: not an attempt. Each waits for a slot of its
+                    # own, so the next rounds take them at the rate, not all at once.
                     report.released += 1
                     updates.append(
                         self._row(
@@ -304,10 +325,48 @@ class Dispatcher:
                             status="queued",
                             send_after=now + timedelta(seconds=slots.next(provider)),
                             rule="rate_limit",
-                            reason=result.error
-                            if isinstance(result, Retry)
-                            else f"over the {provider} rate",
+                            reason=f"over the {provider} rate",
                             attempts=row.attempts,
+                            sent_at=None,
+                        )
+                    )
+                    continue
+                if isinstance(result, Retry) and result.throttled:
+                    # The provider asked to slow down: not a failed try, and the message
+                    # waits for a slot; but one that is refused this way again and again
+                    # (a recipient's server that always answers 451 4.7.1) backs off and
+                    # ends, as any retry does.
+                    throttles = row.throttles + 1
+                    if throttles >= self.options.throttle_limit:
+                        report.failed += 1
+                        updates.append(
+                            self._row(
+                                base,
+                                status="failed",
+                                rule="provider_retry",
+                                reason=f"gave up after {throttles} answers asking to slow "
+                                f"down: {result.error}",
+                                address=claim.address,
+                                attempts=row.attempts,
+                                throttles=throttles,
+                                sent_at=None,
+                            )
+                        )
+                        continue
+                    report.released += 1
+                    wait = max(
+                        slots.next(provider),
+                        backoff(throttles, base=1.0, cap=3600.0, key=row.idempotency_key),
+                    )
+                    updates.append(
+                        self._row(
+                            base,
+                            status="queued",
+                            send_after=now + timedelta(seconds=wait),
+                            rule="rate_limit",
+                            reason=result.error,
+                            attempts=row.attempts,
+                            throttles=throttles,
                             sent_at=None,
                         )
                     )

@@ -64,6 +64,13 @@ class Throttle:
         self._window = [t for t in self._window if now - t < 1.0] + [now] * min(granted, 1000)
         return granted
 
+    def available(self, now: float) -> float:
+        """How many messages may go at monotonic time `now` (infinite without a limit)."""
+        if now < self._paused_until:
+            return 0.0
+        self._refill(now)
+        return self._tokens
+
     def wait(self, now: float) -> float:
         """Seconds from `now` until the next message may go."""
         if now < self._paused_until:
