@@ -1,4 +1,7 @@
-"""Every error the HTTP API returns is JSON: {"error": {"code", "message", "path"}}."""
+"""Every error the HTTP API returns is JSON: {"error": {"code", "message", "path"}}.
+
+A 503 (the database unavailable, the process out of memory) carries `Retry-After`, so
+that clients come back rather than give up or hammer."""
 
 from __future__ import annotations
 
@@ -8,12 +11,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from nurture.api.responses import JSONResponse
-from nurture.errors import NurtureError, ValidationError
+from nurture.errors import NurtureError, StorageUnavailable, ValidationError
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 2  # a database locked or restarting is usually back within seconds
 
 
 def aware(name: str, value: datetime | None) -> datetime | None:
@@ -43,10 +49,27 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NurtureError)
     async def _nurture(_: Request, exc: NurtureError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Basic realm="nurture"'} if exc.http_status == 401 else None
+        headers: dict[str, str] = {}
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="nurture"'
+        if exc.http_status == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return JSONResponse(
             error_body(exc.code, exc.message, exc.path), exc.http_status, headers=headers
         )
+
+    # Any read or write that meets an unavailable database (an API key looked up while
+    # PostgreSQL restarts, say), or a process out of memory: 503, never a bare 500.
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return await _nurture(request, StorageUnavailable(f"the database is unavailable: {exc}"))
+
+    @app.exception_handler(MemoryError)
+    async def _memory(request: Request, exc: MemoryError) -> JSONResponse:
+        log.error("out of memory while answering %s", request.url.path)
+        return await _nurture(request, StorageUnavailable("the server ran out of memory"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

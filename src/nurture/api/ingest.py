@@ -72,6 +72,10 @@ def _openapi(body_schema: dict[str, Any], summary: str) -> dict[str, Any]:
             "400": {"description": "The body or the message is invalid; it was kept"},
             "401": {"description": "No key or an unknown key"},
             "413": {"description": "Over 32 KB per message or 500 KB per request"},
+            "503": {
+                "description": "Nothing was stored (the database is unavailable, or the "
+                "server out of memory); send again after `Retry-After` seconds"
+            },
         },
     }
 
@@ -86,6 +90,8 @@ async def _submit(nurture: Nurture, batch: ParsedBatch) -> BatchResult:
     except SQLAlchemyError as exc:
         # Not acknowledged: the client keeps the messages and retries.
         raise StorageUnavailable(f"the event store refused the write: {exc}") from exc
+    except MemoryError as exc:
+        raise StorageUnavailable("the server ran out of memory and stored nothing") from exc
 
 
 def _reject_request(
@@ -127,6 +133,10 @@ async def _read_json(request: Request) -> Any:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("Not enough memory"):
+            # orjson reports a failed allocation as a decode error: the body may be
+            # fine, so this is a 503 to send again, not a 400 that an SDK would drop.
+            raise MemoryError(str(exc)) from exc
         if not header_auth:
             raise Unauthorized(_NO_KEY) from None
         raise _BadJSON(raw, f"the body is not valid JSON: {exc}") from None

@@ -269,8 +269,11 @@ class _Run:
     def _collect(self, future: Future[BatchResult]) -> None:
         try:
             result = future.result()
-        except SQLAlchemyError as exc:
+        except StorageUnavailable:
             self.pending.clear()  # the writer still finishes them; we stop waiting
+            raise
+        except SQLAlchemyError as exc:
+            self.pending.clear()
             raise StorageUnavailable(f"the event store refused the import: {exc}") from exc
         self.report.accepted += result.accepted
         self.report.duplicates += result.duplicates

@@ -10,6 +10,11 @@ On PostgreSQL every process has such a writer, and the writers of all processes
 take turns through an advisory lock: parsing and validation run in parallel, the
 identity-resolving transaction runs one at a time. A transaction that still loses a
 race (with an erase, say) is simply retried: its effects were rolled back whole.
+
+A database that is unavailable (locked by another process past `lock_wait`, its
+connections lost, the server down) or a process out of memory fails the requests with
+`StorageUnavailable` (503): a lost connection is tried again a few times first, a lock
+that was waited for is not. Either way nothing was committed, and nothing is answered 200.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from nurture.clock import Clock
+from nurture.errors import StorageUnavailable
 from nurture.ingest.identity import ConcurrentWrite
 from nurture.ingest.service import (
     BatchResult,
@@ -37,6 +45,8 @@ from nurture.store import Database
 log = logging.getLogger(__name__)
 _RETRIES = 8
 _CHECKED_AFTER_DUPLICATE = 50
+_RECONNECTS = 3  # tries after a lost connection, 0.2 s, 0.4 s, 0.8 s apart
+LOCK_WAIT = 5.0  # seconds an ingest transaction waits for another writer's lock
 
 
 @dataclass
@@ -56,11 +66,15 @@ class IngestWriter:
         store: IngestStore | None = None,
         *,
         max_messages: int = 5000,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         self.db = db
         self.clock = clock
         self.store = store or IngestStore()
         self.max_messages = max_messages
+        # A client waits for the answer (SDKs time out after 10-15 s): past this, a 503
+        # tells it to come back rather than leaving it hanging.
+        self.lock_wait = lock_wait
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._checked_groups = 0
@@ -104,23 +118,29 @@ class IngestWriter:
             if item is None:
                 return
             group = [item]
-            size = len(item.batch.messages) + len(item.batch.rejections)
             stop = False
-            while size < self.max_messages:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                group.append(nxt)
-                size += len(nxt.batch.messages) + len(nxt.batch.rejections)
-            self._commit(group)
+            try:
+                size = len(item.batch.messages) + len(item.batch.rejections)
+                while size < self.max_messages:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                    size += len(nxt.batch.messages) + len(nxt.batch.rejections)
+                self._commit(group)
+            except Exception as exc:  # out of memory, say: answer them, keep the thread
+                for queued in group:
+                    if not queued.future.done():
+                        queued.future.set_exception(_unavailable(exc))
             if stop:
                 return
 
     def _commit(self, group: list[_Item]) -> None:
+        reconnects = 0
         for attempt in range(_RETRIES):
             try:
                 results = self._store(group, check=self._checked_groups > 0)
@@ -134,7 +154,20 @@ class IngestWriter:
                 if _retryable(exc) and attempt + 1 < _RETRIES:
                     log.info("ingest transaction lost a race, retrying: %s", exc)
                     continue
+                if _connection_lost(exc) and reconnects < _RECONNECTS:
+                    reconnects += 1
+                    log.warning("ingest lost its database connection, trying again: %s", exc)
+                    time.sleep(0.1 * 2**reconnects)
+                    continue
+                if isinstance(exc, OperationalError):
+                    # Locked past lock_wait, or unreachable: not this batch's fault, so
+                    # the whole group fails at once instead of waiting again per batch.
+                    self._fail_all(group, exc)
+                    return
                 self._fail(group, exc)
+                return
+            except PoolTimeout as exc:
+                self._fail_all(group, exc)
                 return
             except Exception as exc:  # never let one batch kill the writer thread
                 self._fail(group, exc)
@@ -149,15 +182,21 @@ class IngestWriter:
 
     def _fail(self, group: list[_Item], exc: Exception) -> None:
         if len(group) > 1:
-            # Isolate the batch that caused it; the others still get stored.
+            # Isolate the batch that caused it; the others still get stored (and a group
+            # too large for the memory left may fit one batch at a time).
             for item in group:
                 self._commit([item])
             return
         log.exception("ingest batch failed", exc_info=exc)
-        group[0].future.set_exception(exc)
+        group[0].future.set_exception(_unavailable(exc))
+
+    def _fail_all(self, group: list[_Item], exc: Exception) -> None:
+        log.error("ingest failed, the database is unavailable: %s", exc)
+        for item in group:
+            item.future.set_exception(_unavailable(exc))
 
     def _store(self, group: list[_Item], *, check: bool) -> list[BatchResult]:
-        with self.db.write() as conn:
+        with self.db.write(wait=self.lock_wait) as conn:
             # One ingest transaction at a time across all processes, as on SQLite:
             # concurrent ones would wait on each other's contact and identity rows anyway,
             # and deadlock when two create the same identities.
@@ -183,9 +222,38 @@ class IngestWriter:
 
 def _retryable(exc: Exception) -> bool:
     """Races with another writer: a unique key taken meanwhile, a deadlock, a
-    serialization failure, a lock timeout. Their transaction was rolled back whole."""
+    serialization failure. Their transaction was rolled back whole."""
     if isinstance(exc, ConcurrentWrite | IntegrityError):
         return True
-    orig = getattr(exc, "orig", None)
-    code = getattr(orig, "sqlstate", None)
-    return code in ("40001", "40P01", "55P03") or "database is locked" in str(orig)
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return code in ("40001", "40P01")
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """The connection broke (the server restarted, an administrator ended it, the
+    network): a new connection may well work at once."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    code = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+
+
+def _unavailable(exc: BaseException) -> Exception:
+    """What the request's future fails with: `StorageUnavailable` (503, send again) for
+    a database that is unavailable or a process out of memory; other errors as they are."""
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    if isinstance(exc, MemoryError):
+        error = StorageUnavailable("the server ran out of memory and stored nothing; send again")
+    elif isinstance(exc, OperationalError | PoolTimeout):
+        error = StorageUnavailable(
+            f"the event store is unavailable: {exc.orig or exc}"
+            if isinstance(exc, DBAPIError)
+            else str(exc)
+        )
+    elif isinstance(exc, SQLAlchemyError | DuplicateFound):
+        error = StorageUnavailable(f"the event store refused the write: {exc}")
+    else:
+        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+    error.__cause__ = exc
+    return error

@@ -26,6 +26,7 @@ from nurture.store.functions import register_sqlite_functions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 IDENTITY_LOCK = 7263552  # pg_advisory_xact_lock key: ingest and erase take turns
+_BUSY_TIMEOUT_MS = 30000  # how long an SQLite write waits for another process's by default
 
 
 def _json_dumps(value: Any) -> str:
@@ -94,7 +95,7 @@ class Database:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=OFF")
             cur.execute("PRAGMA cache_size=-65536")
             # Checkpoints normally run in the background (start_checkpointer); this is
@@ -118,15 +119,30 @@ class Database:
             conn.rollback()
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One write transaction: committed when the block ends, rolled back on error."""
+    def write(self, *, wait: float | None = None) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back on error.
+
+        `wait`: the longest, in seconds, to wait for a lock another connection holds
+        (SQLite's write lock, any PostgreSQL lock, advisory ones included) before failing
+        with `OperationalError`, instead of 30 s on SQLite and no limit on PostgreSQL.
+        A writer that answers someone (ingest) gives up early rather than hang."""
         if self.is_sqlite:
             with self._write_lock, self.engine.connect() as conn:
-                conn = conn.execution_options(nurture_write=True)
-                with conn.begin():
-                    yield conn
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                if wait is not None:
+                    raw.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+                try:
+                    conn = conn.execution_options(nurture_write=True)
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if wait is not None:
+                        raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         else:
             with self.engine.begin() as conn:
+                if wait is not None:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
                 yield conn
 
     def lock_identities(self, conn: Connection) -> None:
@@ -134,7 +150,12 @@ class Database:
         it resolves identities, so that identity writers (ingest, erase) run one after
         another on PostgreSQL. On SQLite `write()` already serialises every writer."""
         if not self.is_sqlite:
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": IDENTITY_LOCK})
+            # Keyed by schema too: databases kept side by side in schemas of one
+            # PostgreSQL database (tenants, tests) do not wait for each other.
+            conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%(k)s::int, hashtext(current_schema()))",
+                {"k": IDENTITY_LOCK},
+            )
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (safe to run from many processes)."""
