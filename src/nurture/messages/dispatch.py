@@ -203,53 +203,35 @@ class Dispatcher:
             claims: list[_Claim] = []
             updates: list[dict[str, Any]] = []
             for row, decision in zip(rows, decisions, strict=True):
-                base = {"_key": row.id, "updated_at": now}
+                # Every row of one update_rows call has the same columns.
+                update = {
+                    "_key": row.id,
+                    "updated_at": now,
+                    "send_after": row.send_after,
+                    "rule": row.rule,
+                    "reason": row.reason,
+                    "lease_until": None,
+                    "sent_at": None,
+                    "attempts": row.attempts,
+                    "flagged": row.flagged,
+                }
                 if isinstance(decision, Delay):
                     report.held += 1
-                    updates.append(
-                        {
-                            **base,
-                            "status": "queued",
-                            "send_after": decision.until,
-                            "rule": decision.rule,
-                            "reason": decision.reason,
-                            "lease_until": None,
-                            "sent_at": None,
-                            "attempts": row.attempts,
-                            "flagged": row.flagged,
-                        }
-                    )
+                    update |= {"status": "queued", "send_after": decision.until}
+                    update |= {"rule": decision.rule, "reason": decision.reason}
                 elif isinstance(decision, Skip):
                     report.skipped += 1
-                    updates.append(
-                        {
-                            **base,
-                            "status": "skipped",
-                            "send_after": row.send_after,
-                            "rule": decision.rule,
-                            "reason": decision.reason,
-                            "lease_until": None,
-                            "sent_at": None,
-                            "attempts": row.attempts,
-                            "flagged": row.flagged,
-                        }
-                    )
+                    update |= {
+                        "status": "skipped",
+                        "rule": decision.rule,
+                        "reason": decision.reason,
+                    }
                 else:
                     flagged = row.flagged or row.status == "sending"
                     claims.append(_Claim(row, flagged))
-                    updates.append(
-                        {
-                            **base,
-                            "status": "sending",
-                            "send_after": row.send_after,
-                            "rule": row.rule,
-                            "reason": row.reason,
-                            "lease_until": lease,
-                            "sent_at": now,
-                            "attempts": row.attempts + 1,
-                            "flagged": flagged,
-                        }
-                    )
+                    update |= {"status": "sending", "lease_until": lease, "sent_at": now}
+                    update |= {"attempts": row.attempts + 1, "flagged": flagged}
+                updates.append(update)
             update_rows(conn, t.outbox, "id", updates)
         report.claimed = len(claims)
         return claims
