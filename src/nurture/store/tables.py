@@ -498,6 +498,7 @@ message_feedback = Table(
     Column("applied_at", UTCDateTime),
     UniqueConstraint("provider", "event_key"),
     Index(None, "provider_id"),
+    Index(None, "outbox_id"),
     Index(None, "applied_at"),
 )
 

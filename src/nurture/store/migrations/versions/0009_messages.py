@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("provider", "event_key", name="uq_message_feedback_provider_event_key"),
     )
     op.create_index("ix_message_feedback_provider_id", "message_feedback", ["provider_id"])
+    op.create_index("ix_message_feedback_outbox_id", "message_feedback", ["outbox_id"])
     op.create_index("ix_message_feedback_applied_at", "message_feedback", ["applied_at"])
 
 
