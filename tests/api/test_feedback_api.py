@@ -171,11 +171,12 @@ def _status(n: Nurture, outbox_id: int) -> str:
         )
 
 
-def _bounce(message_id: str = "sns-1") -> dict[str, Any]:
+def _bounce(message_id: str = "sns-1", feedback_id: str | None = None) -> dict[str, Any]:
     ses = {
         "notificationType": "Bounce",
         "mail": {"messageId": "ses-1", "timestamp": "2026-03-01T11:59:00.000Z"},
         "bounce": {
+            **({"feedbackId": feedback_id} if feedback_id else {}),
             "bounceType": "Permanent",
             "timestamp": "2026-03-01T12:00:00.000Z",
             "bouncedRecipients": [{"emailAddress": EMAIL, "diagnosticCode": "550 unknown user"}],
@@ -222,6 +223,22 @@ def test_ses_bounce_through_sns(
     assert _status(n, sent) == "bounced"
     assert n.suppressions.lookup("email", EMAIL) is not None
     assert _count(n, t.events) == 2  # the identify, and email.bounced
+
+
+def test_one_ses_bounce_through_two_sns_subscriptions_counts_once(
+    n: Nurture, web: TestClient, fake_sns: FakeSns, sent: int
+) -> None:
+    # Given the same SES bounce (one feedbackId) delivered as two SNS messages, as happens
+    # with identity notifications and a configuration set's event destination both on
+    first = _bounce("sns-a", feedback_id="0100018-feedback-1")
+    second = _bounce("sns-b", feedback_id="0100018-feedback-1")
+    # When both arrive
+    answers = [web.post("/hooks/ses", content=fake_sns.sign(m)).json() for m in (first, second)]
+    # Then the bounce is stored and applied once: one email.bounced event
+    assert [a["stored"] for a in answers] == [1, 0]
+    assert answers[1]["duplicates"] == 1
+    assert _status(n, sent) == "bounced"
+    assert _count(n, t.events) == 2  # the identify, and one email.bounced
 
 
 def test_a_bad_sns_signature_changes_nothing(

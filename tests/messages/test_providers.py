@@ -145,10 +145,11 @@ def test_ses_bounces_by_type_and_recipient() -> None:
     # When parsed
     hard = parse_ses(permanent, "sns-1")
     soft = parse_ses(transient, "sns-2")
-    # Then each recipient is one item, keyed by the SNS message, with the SES message id
+    # Then each recipient is one item, keyed by SES's feedbackId (the same bounce may come
+    # through two SNS subscriptions), with the SES message id
     assert [(i.event_key, i.address, i.bounce_type) for i in hard] == [
-        ("sns-1:0", "a@example.com", "hard"),
-        ("sns-1:1", "b@example.com", "hard"),
+        ("feedback:f1:0", "a@example.com", "hard"),
+        ("feedback:f1:1", "b@example.com", "hard"),
     ]
     assert hard[0].provider_id == "0102-ses-id" and hard[0].reason == "smtp; 550 5.1.1 unknown"
     assert {i.bounce_type for i in soft} == {"soft"}

@@ -171,13 +171,17 @@ def parse_ses(notification: Any, sns_id: str) -> list[FeedbackItem]:
     detail = optional(notification, detail_name, dict, "Message") or {}
     at = parse_time(detail.get("timestamp") or mail.get("timestamp"), f"Message.{detail_name}")
     path = f"Message.{detail_name}"
+    # SES's own id of a bounce or complaint: the same one can reach us through two SNS
+    # subscriptions (identity notifications and a configuration set), as two SNS messages.
+    report = detail.get("feedbackId") if isinstance(detail.get("feedbackId"), str) else None
+    key = f"feedback:{report}" if report else sns_id
     if kind == "Bounce":
         hard = detail.get("bounceType") == "Permanent"
         recipients = field(detail, "bouncedRecipients", list, path)
         return [
             FeedbackItem(
                 type_,
-                f"{sns_id}:{i}",
+                f"{key}:{i}",
                 at,
                 address=r.get("emailAddress"),
                 bounce_type="hard" if hard else "soft",
@@ -192,7 +196,7 @@ def parse_ses(notification: Any, sns_id: str) -> list[FeedbackItem]:
         return [
             FeedbackItem(
                 type_,
-                f"{sns_id}:{i}",
+                f"{key}:{i}",
                 at,
                 address=r.get("emailAddress"),
                 reason=detail.get("complaintFeedbackType"),
