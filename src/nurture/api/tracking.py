@@ -20,7 +20,6 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from nurture.core import Nurture
 from nurture.errors import NotFound
 from nurture.messages import preferences as pages
-from nurture.messages.consent import CONFIRM_PURPOSE
 from nurture.messages.feedback import OWN
 from nurture.messages.preferences import PreferencesConfig
 from nurture.messages.providers import FeedbackItem, FeedbackType
@@ -224,12 +223,9 @@ def confirm_page(request: Request, token: str) -> Response:
     follow links, so a GET confirms nothing; the person's press (a POST) does."""
     nurture = _nurture(request)
     try:
-        payload = nurture.tracker.read(CONFIRM_PURPOSE, token)
-        channel, topic = str(payload["ch"]), str(payload["t"])
+        _, channel, topic = nurture.consent.confirmation(token)  # signature and expiry
     except BadToken as e:
         return _bad_link(e.message)
-    except KeyError:
-        return _bad_link("the link is not valid (it cannot be read)")
     page = pages.confirm_page(request.url.path, _config(nurture), channel, topic)
     return HTMLResponse(page, headers=_NO_STORE)
 

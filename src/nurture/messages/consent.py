@@ -265,12 +265,9 @@ class ConsentService:
             state = self._state(conn, cid, channel, topic) or "pending"
         return Confirmation(cid, channel, topic, state, outbox_id, url, created=True)
 
-    def confirm(self, token: str, *, ip: str | None = None) -> tuple[int, str, str]:
-        """Grant the consent a double opt-in token names; (contact_id, channel, topic).
-
-        Raises BadToken for a forged, foreign or expired token and NotFound once the
-        contact is gone. Confirming twice (mail scanners follow links) records once.
-        """
+    def confirmation(self, token: str) -> tuple[int, str, str]:
+        """What a double opt-in token asks to confirm: (contact_id, channel, topic).
+        Raises BadToken for a forged, foreign or expired token; changes nothing."""
         payload = verify(self.secret(), CONFIRM_PURPOSE, token)
         try:
             cid, channel, topic = int(payload["c"]), str(payload["ch"]), str(payload["t"])
@@ -279,6 +276,15 @@ class ConsentService:
             raise BadToken("the link is not valid (it cannot be read)") from None
         if self.clock.now() > issued + self.confirm_ttl:
             raise BadToken("the link has expired; please sign up again to get a new one")
+        return cid, channel, topic
+
+    def confirm(self, token: str, *, ip: str | None = None) -> tuple[int, str, str]:
+        """Grant the consent a double opt-in token names; (contact_id, channel, topic).
+
+        Raises BadToken for a forged, foreign or expired token and NotFound once the
+        contact is gone. Confirming twice (mail scanners follow links) records once.
+        """
+        cid, channel, topic = self.confirmation(token)
         with self.db.write() as conn:
             cid = live_contact(conn, cid).id
             if self._state(conn, cid, channel, topic) != "granted":
