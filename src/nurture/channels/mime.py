@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from email.charset import Charset
 from email.header import Header
@@ -133,22 +134,45 @@ def _with_preheader(html: str, preheader: str) -> str:
     return html[: match.end()] + hidden + html[match.end() :]
 
 
+@dataclass(frozen=True, slots=True)
+class Parties:
+    """Who an email is from and to (addresses in ASCII), and its Message-ID."""
+
+    from_name: str | None
+    from_address: str
+    to_name: str | None
+    to_address: str
+    message_id: str
+
+
+def parties(email: Email, *, key: str, default_from: str | None = None) -> Parties:
+    """The sender (`default_from` when the email names none), the recipient and the
+    Message-ID of outbox message `key`, as every email channel sends them. Raises BadEmail
+    for an email without a sender or with an address that cannot be sent to."""
+    from_name, from_address = split_address(email.from_address or default_from or "")
+    if not from_address:
+        raise BadEmail("the email has no sender and the channel has no default `from`")
+    from_address = ascii_address(from_address)
+    to_name, to_address = split_address(email.to, email.to_name)
+    return Parties(
+        email.from_name or from_name,
+        from_address,
+        to_name,
+        ascii_address(to_address),
+        message_id(key, domain_of(from_address)),
+    )
+
+
 def build(
     email: Email, *, key: str, date: datetime, default_from: str | None = None
 ) -> tuple[str, str, str, bytes]:
     """(envelope sender, recipient, Message-ID, message bytes) for `email`; `default_from`
     serves when the email names no sender. Raises BadEmail for what cannot be sent."""
-    from_name, from_address = split_address(email.from_address or default_from or "")
-    if not from_address:
-        raise BadEmail("the email has no sender and the channel has no default `from`")
-    from_name = email.from_name or from_name
-    from_address = ascii_address(from_address)
-    to_name, to_address = split_address(email.to, email.to_name)
-    to_address = ascii_address(to_address)
-    mid = message_id(key, domain_of(from_address))
+    who = parties(email, key=key, default_from=default_from)
+    from_address, to_address, mid = who.from_address, who.to_address, who.message_id
     head = [
-        b"From: " + _mailbox(from_name, from_address),
-        b"To: " + _mailbox(to_name, to_address),
+        b"From: " + _mailbox(who.from_name, from_address),
+        b"To: " + _mailbox(who.to_name, to_address),
         b"Subject: " + _encoded(email.subject, 9),
         b"Date: " + format_datetime(date).encode(),
         b"Message-ID: " + mid.encode(),

@@ -18,7 +18,7 @@ import httpx
 
 from nurture.channels import http
 from nurture.channels.base import Email, Failed, Outgoing, Result, Retry, Sent
-from nurture.channels.mime import BadEmail, ascii_address, domain_of, message_id, split_address
+from nurture.channels.mime import BadEmail, parties
 from nurture.clock import Clock, SystemClock
 
 INVALID_REQUEST = 300
@@ -51,15 +51,11 @@ class PostmarkChannel:
 
     def payload(self, item: Outgoing, email: Email) -> dict[str, Any]:
         """The /email document for one email (raises BadEmail)."""
-        from_name, from_address = split_address(email.from_address or self.default_from or "")
-        if not from_address:
-            raise BadEmail("the email has no sender and the channel has no default `from`")
-        from_address = ascii_address(from_address)
-        to_name, to_address = split_address(email.to, email.to_name)
-        headers = {**email.headers, "Message-ID": message_id(item.key, domain_of(from_address))}
+        who = parties(email, key=item.key, default_from=self.default_from)
+        headers = {**email.headers, "Message-ID": who.message_id}
         document: dict[str, Any] = {
-            "From": formataddr((email.from_name or from_name or "", from_address), "utf-8"),
-            "To": formataddr((to_name or "", ascii_address(to_address)), "utf-8"),
+            "From": formataddr((who.from_name or "", who.from_address), "utf-8"),
+            "To": formataddr((who.to_name or "", who.to_address), "utf-8"),
             "Subject": email.subject,
             "Headers": [{"Name": k, "Value": v} for k, v in headers.items()],
             "MessageStream": self.message_stream,

@@ -15,7 +15,7 @@ import httpx
 
 from nurture.channels import http
 from nurture.channels.base import Email, Failed, Outgoing, Result, Sent
-from nurture.channels.mime import BadEmail, ascii_address, domain_of, message_id, split_address
+from nurture.channels.mime import BadEmail, parties, split_address
 from nurture.clock import Clock, SystemClock
 
 
@@ -61,21 +61,17 @@ class SendgridChannel:
 
     def payload(self, item: Outgoing, email: Email) -> dict[str, Any]:
         """The mail/send document for one email (raises BadEmail)."""
-        from_name, from_address = split_address(email.from_address or self.default_from or "")
-        if not from_address:
-            raise BadEmail("the email has no sender and the channel has no default `from`")
-        from_address = ascii_address(from_address)
-        to_name, to_address = split_address(email.to, email.to_name)
-        personalization: dict[str, Any] = {"to": [_person(to_name, ascii_address(to_address))]}
+        who = parties(email, key=item.key, default_from=self.default_from)
+        personalization: dict[str, Any] = {"to": [_person(who.to_name, who.to_address)]}
         if item.tags:
             personalization["custom_args"] = dict(item.tags)
         content = [{"type": "text/plain", "value": email.text}] if email.text else []
         if email.html:
             content.append({"type": "text/html", "value": email.html})
-        headers = {**email.headers, "Message-ID": message_id(item.key, domain_of(from_address))}
+        headers = {**email.headers, "Message-ID": who.message_id}
         document: dict[str, Any] = {
             "personalizations": [personalization],
-            "from": _person(email.from_name or from_name, from_address),
+            "from": _person(who.from_name, who.from_address),
             "subject": email.subject,
             "content": content or [{"type": "text/plain", "value": " "}],
             "headers": headers,
