@@ -20,6 +20,7 @@ from nurture.api import (
     lifecycle,
     messages,
     push,
+    reports,
     segments,
     templates,
     tracking,
@@ -66,6 +67,7 @@ def create_app(nurture: Nurture, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(journeys.router)
     app.include_router(templates.router)
     app.include_router(messages.router)
+    app.include_router(reports.router)
     app.include_router(push.router)
     app.include_router(admin.router)
     app.include_router(tracking.router)

@@ -15,6 +15,11 @@ from nurture.cli import (
     importer,
     journeys,
     messages,
+    report,
+    report_clv,
+    report_events,
+    report_experiments,
+    report_journeys,
     segments,
     templates,
     worker,
@@ -41,6 +46,9 @@ app.add_typer(templates.templates_app, name="templates")
 app.add_typer(messages.messages_app, name="messages")
 app.add_typer(consents.consents_app, name="consents")
 app.add_typer(consents.suppressions_app, name="suppressions")
+app.add_typer(report.report_app, name="report")
+# The report commands register themselves on report.report_app when imported.
+_REPORTS = (report_clv, report_events, report_experiments, report_journeys)
 app.command("import")(importer.import_command)
 app.command("validate")(segments.validate_command)
 app.command("apply")(segments.apply_command)
