@@ -35,13 +35,15 @@ def render(report: Report, fmt: ImageFormat) -> bytes:
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9, 3.6 * len(report.charts)), layout="constrained")
-    axes = figure.subplots(len(report.charts), 1, squeeze=False)
-    for ax, chart in zip(axes[:, 0], report.charts, strict=True):
-        _draw(ax, chart, report.table(chart.table))
-    figure.suptitle(report.title)
-    out = io.BytesIO()
-    figure.savefig(out, format=fmt, dpi=110, metadata=_metadata(fmt))
+    # Text as text (searchable, small) and fixed element ids: the same report, same bytes.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nurture"}):
+        figure = Figure(figsize=(9, 3.6 * len(report.charts)), layout="constrained")
+        axes = figure.subplots(len(report.charts), 1, squeeze=False)
+        for ax, chart in zip(axes[:, 0], report.charts, strict=True):
+            _draw(ax, chart, report.table(chart.table))
+        figure.suptitle(report.title)
+        out = io.BytesIO()
+        figure.savefig(out, format=fmt, dpi=110, metadata=_metadata(fmt))
     return out.getvalue()
 
 

@@ -68,7 +68,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(MemoryError)
     async def _memory(request: Request, exc: MemoryError) -> JSONResponse:
-        log.error("out of memory while answering %s", request.url.path)
+        log.error("out of memory while answering %s", request.url.path, exc_info=exc)
         return await _nurture(request, StorageUnavailable("the server ran out of memory"))
 
     @app.exception_handler(RequestValidationError)
