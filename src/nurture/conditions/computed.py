@@ -425,8 +425,39 @@ def _nearest_ranks(ordered: list[int]) -> tuple[int, ...]:
     return tuple(ordered[-(-k * n // 5) - 1] for k in range(1, 5))
 
 
+# -- clv (analytics/clv_store.py fits the models and stores the predictions) -----------
+ClvMeasure = Literal["p_alive", "expected_purchases", "expected_spend", "expected_value"]
+
+
+class Clv(_Definition):
+    """A contact's customer-lifetime-value prediction (docs/analytics/clv.md), as stored
+    by the model's last fit: the probability of being alive, the expected purchases or
+    the expected value over the model's horizon, or the expected spend per purchase.
+    None for contacts the last fit did not cover (no purchase then), and for everyone
+    before the first fit."""
+
+    kind: Literal["clv"]
+    measure: ClvMeasure
+    model: str = Field("default", min_length=1, max_length=64)
+
+    def value(self, facts: ContactFacts, env: Env) -> float | None:
+        return facts.clv.get(self.model, {}).get(self.measure)
+
+    def sql_value(self, compiler: SqlCompiler) -> ValueRef:
+        p = t.clv_predictions
+        stored = (
+            select(p.c[self.measure])
+            .where(p.c.contact_id == contacts.c.id, p.c.model == self.model)
+            .scalar_subquery()
+        )
+        return NumberExpr(compiler.b, stored)
+
+
+# -- end clv ------------------------------------------------------------------------------
+
+
 Definition = (
-    DaysSinceLastSeen | EventCount | PropertyAggregate | EventTime | DaysSince | Reached | Rfm
+    DaysSinceLastSeen | EventCount | PropertyAggregate | EventTime | DaysSince | Reached | Rfm | Clv
 )
 # For models that embed a definition: the union, told apart by `kind`.
 ComputedTraitDefinition = Annotated[Definition, Field(discriminator="kind")]
@@ -442,6 +473,7 @@ _BY_KIND: dict[str, type[Definition]] = {
     "days_since": DaysSince,
     "reached": Reached,
     "rfm": Rfm,
+    "clv": Clv,
 }
 KINDS = tuple(_BY_KIND)
 

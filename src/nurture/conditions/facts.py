@@ -48,6 +48,8 @@ class ContactFacts:
     scores: dict[str, tuple[float, str]] = field(default_factory=dict)
     # (state, recorded at in microseconds) by (channel, topic); topic "*" for all marketing.
     consents: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    # Stored CLV predictions by model, then measure (p_alive, expected_value, ...).
+    clv: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 def _us(value: datetime | None) -> int | None:
@@ -121,6 +123,16 @@ def load_facts(
     ):
         recorded = to_microseconds(row.recorded_at)
         facts[row.contact_id].consents[(row.channel, row.topic)] = (row.state, recorded)
+    # -- clv: the stored predictions `clv` computed traits read ---------------------------
+    p = t.clv_predictions.c
+    measures = ("p_alive", "expected_purchases", "expected_spend", "expected_value")
+    for row in conn.execute(
+        select(p.contact_id, p.model, *(p[m] for m in measures)).where(
+            one_of(conn, p.contact_id, ids)
+        )
+    ):
+        facts[row.contact_id].clv[row.model] = {m: getattr(row, m) for m in measures}
+    # -- end clv ----------------------------------------------------------------------------
     return facts
 
 

@@ -146,6 +146,7 @@ class PrivacyService:
                 t.consents,
                 *t.MESSAGES_BY_CONTACT,
                 *t.JOURNEYS_BY_CONTACT,
+                *t.ANALYTICS_BY_CONTACT,  # clv predictions (analytics/clv_store.py)
             ):
                 conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
             # An address suppressed already (bounced, STOP, manual) becomes "erased" too:
