@@ -129,6 +129,13 @@ def problems(journey: Journey, catalog: Catalog) -> list[ValidationError]:
                 bad(f"steps[{i}].model", "name the score model (there is not exactly one)")
             elif step.model is not None and step.model not in catalog.score_models:
                 bad(f"steps[{i}].model", f"unknown score model {step.model!r}")
+        winner = step.winner if isinstance(step, SplitStep) else None
+        if winner is not None and winner.metric == "converted" and journey.goal is None:
+            bad(
+                f"steps[{i}].winner.metric",
+                "`converted` counts the journey's goal, and this journey has none: "
+                "add a goal, or choose opened or clicked",
+            )
     return out
 
 

@@ -156,8 +156,10 @@ def run(
     holds: Holds,
     now: datetime,
     default_tz: str,
+    winners: Winners | None = None,
 ) -> Transition:
-    """Run the enrolment's current step (not webhooks: see `http_call`)."""
+    """Run the enrolment's current step (not webhooks: see `http_call`). `winners` tells
+    split steps with an automatic winner whether it is decided (none: never)."""
     assert enrolment.step is not None
     step = journey.step(enrolment.step)
     following = journey.following(step.id)
@@ -211,9 +213,7 @@ def run(
                     outcome, target = f"case:{i}", case.next
                     break
         case SplitStep():
-            draw = unit(journey.key, step.id, contact.id)
-            path = step.paths[pick([p.weight for p in step.paths], draw)]
-            outcome, target = f"path:{path.name}", path.next
+            outcome, target = split(journey, step, enrolment, contact, winners)
         case UpdateStep():
             outcome, update = "updated", step
         case ScoreStep():
@@ -242,6 +242,34 @@ def run(
     moved.outcome = outcome
     moved.message, moved.update, moved.score = message, update, score
     return moved
+
+
+# -- split steps ------------------------------------------------------------------------
+# The decided winner of a split step with a `winner:` block, by (journey, version, step):
+# the path's name, or None while undecided (nurture.analytics.winners.SplitWinners).
+Winners = Callable[[Journey, int, SplitStep], str | None]
+
+
+def split(
+    journey: Journey,
+    step: SplitStep,
+    enrolment: Enrolment,
+    contact: Contact,
+    winners: Winners | None,
+) -> tuple[str, str]:
+    """(outcome, target) of a split step. A random path is logged `path:NAME` (the
+    experiment counts these); the decided winner's path `winner:NAME` (it does not)."""
+    if step.winner is not None and winners is not None:
+        decided = winners(journey, enrolment.version, step)
+        for path in step.paths:
+            if path.name == decided:
+                return f"winner:{path.name}", path.next
+    draw = unit(journey.key, step.id, contact.id)
+    path = step.paths[pick([p.weight for p in step.paths], draw)]
+    return f"path:{path.name}", path.next
+
+
+# -- end split steps --------------------------------------------------------------------
 
 
 def move(

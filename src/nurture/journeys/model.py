@@ -343,17 +343,33 @@ class SplitPath(_Model):
     next: str
 
 
+# -- split steps and their automatic winner (analytics/winners.py decides) --------------
+class SplitWinner(_Model):
+    """Send everyone down the best path once it beats every other significantly
+    (Holm-adjusted two-proportion z-tests) and every path has `min_sample` contacts."""
+
+    metric: Literal["converted", "opened", "clicked"] = "converted"
+    min_sample: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, ge=0.8, le=0.999)
+    # A worker looks at the figures again at most this often while undecided.
+    check_every: Duration = timedelta(minutes=10)
+
+
 class SplitStep(_Step):
     """Weighted random paths, the same for a contact every time (A/B tests)."""
 
     type: Literal["split"]
     paths: list[SplitPath] = Field(min_length=2)
+    winner: SplitWinner | None = None
 
     @model_validator(mode="after")
     def _names(self) -> SplitStep:
         if len({p.name for p in self.paths}) != len(self.paths):
             raise ValueError("paths need distinct names")
         return self
+
+
+# -- end split steps ----------------------------------------------------------------------
 
 
 class UpdateStep(_Step):

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from nurture.analytics.winners import SplitWinners
 from nurture.clock import Clock
 from nurture.conditions.facts import ContactFacts, load_facts
 from nurture.conditions.memory import Evaluator
@@ -88,6 +89,8 @@ class JourneyRuntime:
         self.reactions = Reactions(self)
         # Called after each committed batch of due steps with (due_at, ran_at) pairs.
         self.on_steps: list[Callable[[list[tuple[datetime, datetime]]], None]] = []
+        # Split steps' automatic winners (analytics/winners.py).
+        self.winners = SplitWinners()
 
     # -- shared helpers ------------------------------------------------------------------
     def journey(self, conn: Connection, key: str, version: int) -> Journey:
@@ -212,6 +215,7 @@ class JourneyRuntime:
         every result in the caller's transaction; HTTP calls are leased into `calls`."""
         contacts = self.contacts(conn, [r.contact_id for r in rows])
         holds = self.holds_for(conn, now)
+        winners = self.winners.bind(conn, now)
         writes = _Writes()
         for row in rows:
             timing.append((row.due_at, now))
@@ -240,6 +244,7 @@ class JourneyRuntime:
                     holds(contact.id),
                     now,
                     self.options.default_timezone,
+                    winners,
                 )
             except Exception as exc:  # one enrolment's failure stops no other
                 log.warning("step %s of enrolment %s failed", row.step, row.id, exc_info=True)

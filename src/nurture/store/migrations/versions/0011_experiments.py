@@ -7,7 +7,7 @@ Revises: 0010
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op  # noqa: F401
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 # Microseconds since the epoch on SQLite, timestamptz on PostgreSQL (store/types.py).
@@ -22,8 +22,17 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "experiment_winners",
+        sa.Column("journey_key", sa.String(length=200), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("step", sa.String(length=200), nullable=False),
+        sa.Column("winner", sa.String(length=200), nullable=False),
+        sa.Column("decided_at", UTC_TIME, nullable=False),
+        sa.Column("statistics", JSON, nullable=False),
+        sa.PrimaryKeyConstraint("journey_key", "version", "step"),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("experiment_winners")
