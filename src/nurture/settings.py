@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
+from nurture.analytics.clv_config import ClvConfig  # clv setting (issue 6, H4)
 from nurture.channels.config import ChannelsConfig
 from nurture.errors import ConfigError
 from nurture.messages.policy_config import PolicyConfig
@@ -70,6 +71,13 @@ class Settings(BaseSettings):
     )
     ingest_group_max_messages: int = Field(
         5000, ge=1, description="Most messages an ingest writer commits in one transaction"
+    )
+    ingest_concurrency: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Ingest requests one server process reads, parses and stores at once; "
+        "others wait up to 5 s, then get 503 with Retry-After (bounds the memory of bodies)",
     )
     default_phone_region: str | None = Field(
         None, description="ISO country used to read phone numbers without a country code"
@@ -158,6 +166,14 @@ class Settings(BaseSettings):
         description="What verifies provider webhooks: SNS topics, SendGrid key, Postmark and "
         "Twilio credentials by env-var name (docs/tracking.md)",
     )
+    # -- clv (customer lifetime value, docs/analytics/clv.md) --------------------------
+    clv: ClvConfig | None = Field(
+        None,
+        description="Customer lifetime value: the purchase event, the revenue property, the "
+        "time unit, the horizon and the calibration end (docs/analytics/clv.md); none: "
+        "Order Completed, revenue, weeks, 365d, up to now",
+    )
+    # -- end clv --------------------------------------------------------------------------
 
     @field_validator("public_url")
     @classmethod

@@ -513,6 +513,60 @@ journey_inbox = Table(
     Column("queued_at", UTCDateTime, nullable=False),
 )
 
+# -- experiments (analytics/winners.py) -------------------------------------------------
+# A split step's automatic winner, decided once per journey version and step: the primary
+# key makes the first writer win when several workers decide at the same time.
+experiment_winners = Table(
+    "experiment_winners",
+    metadata,
+    Column("journey_key", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("step", String(200), nullable=False),
+    Column("winner", String(200), nullable=False),  # the path name
+    Column("decided_at", UTCDateTime, nullable=False),
+    Column("statistics", Json, nullable=False),  # the figures the decision rests on
+    PrimaryKeyConstraint("journey_key", "version", "step"),
+)
+# -- end experiments ----------------------------------------------------------------------
+
+# -- clv (analytics/clv_store.py) ------------------------------------------------------
+# A fitted customer-lifetime-value model (BG/NBD + Gamma-Gamma), one row per key: what
+# `clv_predictions` were computed with.
+clv_models = Table(
+    "clv_models",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("parameters", Json, nullable=False),  # {bgnbd: {r, alpha, a, b}, gamma_gamma: ...}
+    Column("log_likelihood", Float, nullable=False),  # of the BG/NBD fit
+    Column("customers", Integer, nullable=False),
+    Column("fit", Json, nullable=False),  # both fits' statistics, calibration end, horizon
+    Column("settings", Json, nullable=False),  # the clv setting used
+    Column("fitted_at", UTCDateTime, nullable=False),
+)
+
+# Each customer's predictions under a model, replaced whole by each fit. `T` is the time
+# from the first purchase to the calibration end, in the model's unit (as in the papers).
+clv_predictions = Table(
+    "clv_predictions",
+    metadata,
+    Column("contact_id", BigId, nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("x", Integer, nullable=False),  # repeat purchase days
+    Column("t_x", Float, nullable=False),
+    Column("T", Float, nullable=False),
+    Column("monetary", Float),  # mean revenue of the repeat purchases; none when x = 0
+    Column("p_alive", Float, nullable=False),
+    Column("expected_purchases", Float, nullable=False),
+    Column("expected_spend", Float),  # none without a spend model
+    Column("expected_value", Float),
+    Column("computed_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("contact_id", "model"),
+    Index(None, "model", "expected_value"),  # top customers
+)
+# Analytics rows kept per contact: what erasure removes.
+ANALYTICS_BY_CONTACT = (clv_predictions,)
+# -- end clv ----------------------------------------------------------------------------
+
 # Every row journeys keep per contact: what erasure removes.
 JOURNEYS_BY_CONTACT = (enrolments, journey_steps, outbox, journey_inbox)
 # Messaging rows kept per contact: what erasure removes.
@@ -529,3 +583,67 @@ EVALUATION_BY_CONTACT = (
     pending_evaluations,
     pending_arrivals,
 )
+
+# -- analytics: covering indexes for journey and message metrics (migration 0012) -------
+# Each report query reads one of these instead of its table, grouping by its leading
+# columns so that SQLite streams instead of sorting (analytics/journey_queries.py).
+Index(
+    "ix_enrolments_entered",
+    enrolments.c.journey_key,
+    enrolments.c.version,
+    enrolments.c.entered_at,
+    enrolments.c.control,
+)
+Index(
+    "ix_enrolments_converted",
+    enrolments.c.journey_key,
+    enrolments.c.version,
+    enrolments.c.converted_at,
+    enrolments.c.control,
+    enrolments.c.revenue,
+)
+Index(
+    "ix_enrolments_ended",
+    enrolments.c.journey_key,
+    enrolments.c.status,
+    enrolments.c.end_reason,
+    enrolments.c.step,
+    enrolments.c.version,
+    enrolments.c.control,
+    enrolments.c.ended_at,
+)
+Index(
+    "ix_journey_steps_runs",
+    journey_steps.c.journey_key,
+    journey_steps.c.version,
+    journey_steps.c.step,
+    journey_steps.c.executed_at,
+)
+Index(
+    "ix_outbox_journey_message",
+    outbox.c.journey_key,
+    outbox.c.version,
+    outbox.c.step,
+    outbox.c.template,
+    outbox.c.variant,
+    outbox.c.channel,
+    outbox.c.status,
+    outbox.c.sent_at,
+    outbox.c.created_at,
+    outbox.c.id,
+)
+Index(
+    "ix_outbox_journey_sent",
+    outbox.c.journey_key,
+    outbox.c.sent_at,
+    outbox.c.status,
+    outbox.c.version,
+    outbox.c.step,
+    outbox.c.template,
+    outbox.c.variant,
+    outbox.c.channel,
+    outbox.c.created_at,
+    outbox.c.id,
+)
+Index("ix_message_feedback_outbox_type", message_feedback.c.outbox_id, message_feedback.c.type)
+# -- end of analytics indexes ------------------------------------------------------------

@@ -1,29 +1,71 @@
 """analytics: indexes for journey and message metrics
 
+Covering indexes for the per-table GROUP BY queries of analytics/journey_queries.py
+(measured with bench/journey_metrics.py).
+
 Revision ID: 0012
 Revises: 0011
 """
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op  # noqa: F401
-from sqlalchemy.dialects import postgresql
-
-# Microseconds since the epoch on SQLite, timestamptz on PostgreSQL (store/types.py).
-UTC_TIME = sa.DateTime(timezone=True).with_variant(sa.BigInteger(), "sqlite")
-JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
-BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+from alembic import op
 
 revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
 
+INDEXES = {
+    "ix_enrolments_entered": ("enrolments", ["journey_key", "version", "entered_at", "control"]),
+    "ix_enrolments_converted": (
+        "enrolments",
+        ["journey_key", "version", "converted_at", "control", "revenue"],
+    ),
+    "ix_enrolments_ended": (
+        "enrolments",
+        ["journey_key", "status", "end_reason", "step", "version", "control", "ended_at"],
+    ),
+    "ix_journey_steps_runs": ("journey_steps", ["journey_key", "version", "step", "executed_at"]),
+    "ix_outbox_journey_message": (
+        "outbox",
+        [
+            "journey_key",
+            "version",
+            "step",
+            "template",
+            "variant",
+            "channel",
+            "status",
+            "sent_at",
+            "created_at",
+            "id",
+        ],
+    ),
+    "ix_outbox_journey_sent": (
+        "outbox",
+        [
+            "journey_key",
+            "sent_at",
+            "status",
+            "version",
+            "step",
+            "template",
+            "variant",
+            "channel",
+            "created_at",
+            "id",
+        ],
+    ),
+    "ix_message_feedback_outbox_type": ("message_feedback", ["outbox_id", "type"]),
+}
+
 
 def upgrade() -> None:
-    pass
+    for name, (table, columns) in INDEXES.items():
+        op.create_index(name, table, columns, unique=False)
 
 
 def downgrade() -> None:
-    pass
+    for name, (table, _) in INDEXES.items():
+        op.drop_index(name, table_name=table)
