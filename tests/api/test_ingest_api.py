@@ -360,6 +360,24 @@ def test_timestamps_follow_segment_rules(
     assert all(e["received_at"].isoformat() == "2026-03-01T12:00:00+00:00" for e in by_id.values())
 
 
+def test_a_device_clock_correction_out_of_range_rejects_that_message_alone(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a message whose originalTimestamp is centuries before its sentAt: the
+    # corrected time (receivedAt - (sentAt - originalTimestamp)) is before year 1
+    far = {
+        "type": "track", "userId": "u", "event": "A", "messageId": "far",
+        "originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z",
+    }  # fmt: skip
+    good = {"type": "track", "userId": "u", "event": "B", "messageId": "good"}
+    response = client.post("/v1/batch", json={"batch": [far, good]}, auth=(write_key, ""))
+    # Then the batch is answered, that message is rejected naming the field, the other kept
+    assert response.status_code == 200
+    assert [e["message_id"] for e in stored(nurture)] == ["good"]
+    (kept,) = rejected(nurture)
+    assert (kept["code"], kept["path"]) == ("invalid_timestamp", "batch[0].originalTimestamp")
+
+
 # -- Segment compatibility details -------------------------------------------------------------
 
 
@@ -534,3 +552,35 @@ def test_a_resent_message_changes_nothing_even_with_other_content(nurture: Nurtu
         traits = conn.execute(select(t.contacts.c.traits)).scalar_one()
         count = conn.execute(select(func.count()).select_from(t.events)).scalar_one()
     assert traits == {"plan": "free"} and count == 2
+
+
+def test_a_request_that_finds_no_free_ingest_slot_is_503_and_stores_nothing(
+    client: TestClient, nurture: Nurture, write_key: str
+) -> None:
+    # Given a server whose only ingest slot is taken, for longer than a request waits
+    from nurture.api.ingest import IngestGate
+
+    gate = IngestGate(1, wait=0.05)
+    gate.busy = 1
+    client.app.state.ingest_gate = gate  # type: ignore[attr-defined]
+    batch = {"batch": [{"type": "track", "userId": "u1", "event": "E", "messageId": "gate-1"}]}
+    # When a batch and a single message arrive
+    answers = [
+        client.post("/v1/batch", json=batch, auth=(write_key, "")),
+        client.post("/v1/track", json=batch["batch"][0], auth=(write_key, "")),
+    ]
+    # Then both are told to come back, and nothing of them is stored or kept as rejected
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "storage_unavailable"
+        assert "busy" in answer.json()["error"]["message"]
+        assert int(answer.headers["Retry-After"]) > 0
+    with nurture.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.events)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(t.rejected_events)).scalar() == 0
+    # And once the slot is free, the same batch is stored
+    gate.busy = 0
+    assert client.post("/v1/batch", json=batch, auth=(write_key, "")).status_code == 200
+    assert gate.busy == 0
+    with nurture.db.read() as conn:
+        assert conn.execute(select(t.events.c.message_id)).scalars().all() == ["gate-1"]

@@ -9,6 +9,11 @@ input is kept.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -25,6 +30,7 @@ from nurture.ingest.messages import MessageError, parse_time
 from nurture.ingest.service import BatchResult, ParsedBatch, Rejection
 
 router = APIRouter(tags=["ingest"])
+log = logging.getLogger(__name__)
 _NO_KEY = "send your write key as HTTP Basic user name, as Bearer token, or as writeKey"
 
 _MESSAGE_SCHEMA: dict[str, Any] = {
@@ -84,6 +90,50 @@ def _nurture(request: Request) -> Nurture:
     return request.app.state.nurture  # type: ignore[no-any-return]
 
 
+class IngestGate:
+    """Admission control: at most `slots` ingest requests are read, parsed and stored at
+    once in this process (setting `ingest_concurrency`); a request that finds none free
+    within `wait` seconds gets 503 with Retry-After before its body is read. Without it, a
+    burst of large batches holds every body and its parsed form at once, and a server short
+    of memory fails them all, retry after retry, instead of finishing a few at a time.
+
+    Every ingest route runs on the event loop's thread, so a counter is enough; waiting
+    polls it (no asyncio primitive, which would bind to one event loop).
+    """
+
+    POLL = 0.005
+
+    def __init__(self, slots: int, wait: float = 5.0) -> None:
+        self.slots = slots
+        self.wait = wait
+        self.busy = 0
+
+    @asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        if self.busy >= self.slots:
+            deadline = time.monotonic() + self.wait
+            while self.busy >= self.slots:
+                if time.monotonic() >= deadline:
+                    raise StorageUnavailable(
+                        f"the server is busy with {self.busy} other ingest requests and stored"
+                        " nothing; send again"
+                    )
+                await asyncio.sleep(self.POLL)
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+
+def _gate(request: Request) -> IngestGate:
+    state = request.app.state
+    gate: IngestGate | None = getattr(state, "ingest_gate", None)
+    if gate is None:
+        gate = state.ingest_gate = IngestGate(_nurture(request).settings.ingest_concurrency)
+    return gate
+
+
 async def _submit(nurture: Nurture, batch: ParsedBatch) -> BatchResult:
     try:
         return await asyncio.wrap_future(nurture.writer.submit(batch))
@@ -113,6 +163,31 @@ def _body_key_is_valid(nurture: Nurture, body: Any) -> bool:
     return isinstance(secret, str) and nurture.keys.kind_of(secret) in ("write", "admin")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(raw: bytes) -> Any:
+    """JSON from bytes. orjson needs one buffer of about nine times the body; when memory
+    is short it says so with a decode error, and the standard library's parser, which
+    allocates object by object into whatever memory is free, reads the body instead.
+    Only when that fails too is the answer a MemoryError (503: send again), never a 400
+    that an SDK would drop for good."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not str(exc).startswith("Not enough memory"):
+            raise
+        log.warning("orjson is short of memory for a %d-byte body; parsing it slowly", len(raw))
+        try:
+            # orjson's rules: no NaN or Infinity, UTF-8 only.
+            return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as bad:  # UnicodeDecodeError is a ValueError
+            raise orjson.JSONDecodeError(f"{bad}", "", 0) from None
+        except MemoryError as short:
+            raise MemoryError(str(exc)) from short
+
+
 async def _read_json(request: Request) -> Any:
     """The decoded JSON body.
 
@@ -131,12 +206,8 @@ async def _read_json(request: Request) -> Any:
             raise Unauthorized(_NO_KEY) from None
         raise
     try:
-        body = orjson.loads(raw)
+        body = _loads(raw)
     except orjson.JSONDecodeError as exc:
-        if str(exc).startswith("Not enough memory"):
-            # orjson reports a failed allocation as a decode error: the body may be
-            # fine, so this is a 503 to send again, not a 400 that an SDK would drop.
-            raise MemoryError(str(exc)) from exc
         if not header_auth:
             raise Unauthorized(_NO_KEY) from None
         raise _BadJSON(raw, f"the body is not valid JSON: {exc}") from None
@@ -174,6 +245,10 @@ def _single(kind: str) -> Any:
     source = f"http /v1/{kind}"
 
     async def endpoint(request: Request) -> JSONResponse:
+        async with _gate(request).admitted():
+            return await _ingest_one(request)
+
+    async def _ingest_one(request: Request) -> JSONResponse:
         body, failure = await _read_checked(request, source)
         if failure is not None:
             return failure
@@ -224,6 +299,11 @@ for _kind in ("identify", "track", "page", "screen", "group", "alias"):
 )
 async def ingest_batch(request: Request) -> JSONResponse:
     """Ingest a batch; each message is validated on its own."""
+    async with _gate(request).admitted():
+        return await _ingest_batch(request)
+
+
+async def _ingest_batch(request: Request) -> JSONResponse:
     source = "http /v1/batch"
     body, failure = await _read_checked(request, source)
     if failure is not None:

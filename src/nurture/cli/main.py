@@ -9,6 +9,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
+from nurture.api.protocol import HttpProtocol
 from nurture.cli import (
     backtest,
     consents,
@@ -83,6 +84,7 @@ def serve(
         workers=processes if processes > 1 else None,
         log_level=s.log_level,
         access_log=False,
+        http=HttpProtocol,  # a body the process has no memory for: 503, not 400
     )
 
 

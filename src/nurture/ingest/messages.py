@@ -179,7 +179,14 @@ def parse_message(
     if timestamp is None:
         if original is not None and sent_at is not None:
             # Segment's rule: trust the server's clock, keep the device's offsets.
-            timestamp = received_at - (sent_at - original)
+            try:
+                timestamp = received_at - (sent_at - original)
+            except OverflowError:
+                raise MessageError(
+                    "invalid_timestamp",
+                    "originalTimestamp",
+                    "is so far from sentAt that the corrected time is out of range",
+                ) from None
         else:
             timestamp = original or received_at
 
