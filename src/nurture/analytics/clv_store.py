@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,18 +37,17 @@ from sqlalchemy import (
 from nurture.analytics.clv import BgNbd, GammaGamma, fit_bgnbd, fit_gamma_gamma
 from nurture.analytics.clv_config import ClvConfig
 from nurture.clock import Clock
+from nurture.conditions.computed import DAY_US
 from nurture.conditions.sqlvalues import Backend
 from nurture.errors import NotFound, ValidationError
 from nurture.store import Database
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, upsert_rows
-from nurture.store.types import to_microseconds
+from nurture.store.types import from_microseconds, to_microseconds
 
 if TYPE_CHECKING:
     from nurture.core import Nurture
 
-DAY_US = 86_400_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAYS_PER_YEAR = 365.25
 
 
@@ -207,7 +206,7 @@ class ClvService:
             t_x=(last - first) / unit,
             T=(end_day - first) / unit,
             monetary=monetary,
-            calibration_end=(_EPOCH + timedelta(days=end_day)).date(),
+            calibration_end=from_microseconds(end_day * DAY_US).date(),
         )
 
     def fit(self, model: str = "default") -> dict[str, Any]:

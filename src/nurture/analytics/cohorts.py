@@ -15,7 +15,6 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-import pydantic
 from pydantic import Field
 from sqlalchemy import ColumnElement, Select, case, func, literal, select, union_all
 
@@ -28,11 +27,12 @@ from nurture.analytics.event_queries import (
     event_where,
     local_midnight,
     members_of,
+    parse_question,
 )
 from nurture.analytics.report import Chart, Column, Report, Table
 from nurture.conditions.compile import SqlCompiler
 from nurture.conditions.env import Env
-from nurture.conditions.model import PropertyFilter, validation_error
+from nurture.conditions.model import PropertyFilter
 from nurture.conditions.sqlvalues import Backend
 from nurture.errors import ValidationError
 from nurture.store import Database
@@ -75,17 +75,9 @@ class CohortQuery(QuestionModel):
     segment: str | None = Field(None, min_length=1)
 
 
-_COHORT = pydantic.TypeAdapter(CohortQuery)
-
-
 def parse_cohorts(data: Any) -> CohortQuery:
     """Validate a cohort question; raises ValidationError naming the bad field."""
-    if isinstance(data, CohortQuery):
-        return data
-    try:
-        return _COHORT.validate_python(data)
-    except pydantic.ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_question(CohortQuery, data)
 
 
 # -- the calendar --------------------------------------------------------------------------

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 from sqlalchemy import BigInteger, ColumnElement, Select, cast, func, select
 
 from nurture.conditions.compile import SqlCompiler
-from nurture.conditions.model import PropertyFilter
+from nurture.conditions.model import PropertyFilter, validation_error
 from nurture.conditions.sqlvalues import Backend, Bool
 from nurture.errors import NotFound, ValidationError
 from nurture.segments.definitions import DefinitionStore
@@ -59,6 +60,20 @@ def _zone(value: Any) -> str:
 
 
 Zone = Annotated[str, PlainValidator(_zone)]
+
+
+Question = TypeVar("Question", bound=BaseModel)
+
+
+def parse_question(model: type[Question], data: Any) -> Question:
+    """A report's question (a funnel, a cohort table) validated; ValidationError naming
+    the bad field (`steps[1].event`)."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc) from None
 
 
 def local_midnight(day: date, zone: ZoneInfo) -> datetime:

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from nurture.analytics.report import Chart, Column, Report, Table
 from nurture.errors import ValidationError
 from nurture.journeys.model import SendStep, SplitStep
+from nurture.messages.feedback import by_machine
 from nurture.store import tables as t
 
 if TYPE_CHECKING:
@@ -74,8 +75,7 @@ class Arm:
 # -- counting ------------------------------------------------------------------------------
 def _human(types: tuple[str, ...]) -> ColumnElement[bool]:
     f = t.message_feedback.c
-    machine = func.coalesce(f.payload["machine"].as_boolean(), literal(False))
-    return and_(f.type.in_(types), machine.is_(False))
+    return and_(f.type.in_(types), by_machine(f.payload).is_(False))
 
 
 def split_arms(

@@ -19,7 +19,6 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import pydantic
 from pydantic import Field, PlainValidator, model_validator
 from sqlalchemy import (
     BigInteger,
@@ -45,13 +44,14 @@ from nurture.analytics.event_queries import (
     event_where,
     members_of,
     microseconds,
+    parse_question,
     resolve_range,
 )
 from nurture.analytics.report import Chart, Column, Report, Table
 from nurture.conditions.compile import SqlCompiler
 from nurture.conditions.durations import Duration, format_duration
 from nurture.conditions.env import Env
-from nurture.conditions.model import PropertyFilter, check_path, validation_error
+from nurture.conditions.model import PropertyFilter, check_path
 from nurture.conditions.sqlvalues import Bool, JsonValue, TextColumn
 from nurture.errors import ValidationError
 from nurture.store import Database
@@ -129,17 +129,9 @@ class FunnelQuery(QuestionModel):
     segment: str | None = Field(None, min_length=1)
 
 
-_FUNNEL = pydantic.TypeAdapter(FunnelQuery)
-
-
 def parse_funnel(data: Any) -> FunnelQuery:
     """Validate a funnel question; raises ValidationError naming the bad field."""
-    if isinstance(data, FunnelQuery):
-        return data
-    try:
-        return _FUNNEL.validate_python(data)
-    except pydantic.ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_question(FunnelQuery, data)
 
 
 def trait_label(compiler: SqlCompiler, path: str) -> ColumnElement[Any]:

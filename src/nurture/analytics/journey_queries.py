@@ -36,12 +36,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from nurture.conditions.computed import DAY_US
+from nurture.messages.feedback import by_machine
 from nurture.store import tables as t
 from nurture.store.types import to_microseconds
 
 # Statuses of a message whose send was recorded (messages/feedback.py RECORDED).
 RECORDED = ("sent", "delivered", "bounced", "complained", "failed")
-DAY_US = 86_400_000_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MESSAGE_KEYS = ("journey_key", "version", "step", "template", "variant", "channel", "status")
 
@@ -396,7 +397,7 @@ def _folded(lo: int, hi: int, *, by_provider_id: bool) -> Any:
         where = [f.outbox_id.between(lo, hi), f.type.in_(ENGAGEMENT)]
     # Read the payload of opens and clicks only (a CASE stops there; AND would not): the
     # other rows are read from the (outbox_id, type) index alone.
-    is_machine = payload["machine"].as_boolean() == True  # noqa: E712 - SQL
+    is_machine = by_machine(payload)
     opened = case((kind == "opened", case((is_machine, 2), else_=1)), else_=0)
     clicked = case((kind == "clicked", case((is_machine, 2), else_=1)), else_=0)
     return (

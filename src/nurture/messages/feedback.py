@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import ColumnElement, Connection, false, func, or_, select, update
 
 from nurture.clock import Clock
 from nurture.contacts.profile import normalize_phone
@@ -63,6 +63,12 @@ def _dump(item: FeedbackItem) -> dict[str, Any]:
 
 def _load(data: dict[str, Any]) -> FeedbackItem:
     return FeedbackItem(**{**data, "occurred_at": datetime.fromisoformat(data["occurred_at"])})
+
+
+def by_machine(payload: ColumnElement[Any]) -> ColumnElement[bool]:
+    """SQL: whether a stored feedback row (its `payload`, as `_dump` writes it) is an open
+    or click made by software (a privacy proxy, a link scanner); false where unmarked."""
+    return func.coalesce(payload["machine"].as_boolean(), false())
 
 
 def event_name(item: FeedbackItem) -> str:
