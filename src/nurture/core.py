@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from nurture.analytics.rollups import RollupRunner
 from nurture.channels.base import Channel, Failed
 from nurture.channels.config import ChannelsConfig, build_channels
 from nurture.channels.subscriptions import PushSubscriptions
@@ -143,6 +144,9 @@ class Nurture:
             self.dispatch_runner = DispatchRunner(self.dispatcher)
             dispatch = self.dispatch_runner.notify
             self.journey_runtime.on_steps.append(lambda _timing: dispatch())
+        self.rollup_runner: RollupRunner | None = None
+        if background and self.settings.rollups_in_process:
+            self.rollup_runner = RollupRunner(self.db, poll_seconds=self.settings.rollup_seconds)
         self._started = False
 
     @cached_property
@@ -223,6 +227,8 @@ class Nurture:
                 self.journey_runner.start()
             if self.dispatch_runner is not None:
                 self.dispatch_runner.start()
+            if self.rollup_runner is not None:
+                self.rollup_runner.start()
             self._started = True
         return self
 
@@ -234,6 +240,8 @@ class Nurture:
                 self.journey_runner.stop()
             if self.dispatch_runner is not None:
                 self.dispatch_runner.stop()
+            if self.rollup_runner is not None:
+                self.rollup_runner.stop()
             self.writer.stop()
             self.db.stop_checkpointer()
             self._started = False

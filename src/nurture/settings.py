@@ -129,6 +129,18 @@ class Settings(BaseSettings):
         le=50,
         description="Deliveries tried on transient provider errors before a message fails",
     )
+    rollups_in_process: bool = Field(
+        True,
+        description="`nurture serve` keeps the journey report's rollups current (a thread); "
+        "turn it off where `nurture worker` processes do",
+    )
+    rollup_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the rollups of the journey report are brought up to date "
+        "(reports stay exact between refreshes; they only count more rows)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     secret_key: SecretStr | None = Field(
         None,

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, select
 
 from nurture.analytics import journey_queries as q
+from nurture.analytics import rollups
 from nurture.analytics.report import Chart, Column, Report, Table
 from nurture.errors import NotFound, ValidationError
 from nurture.store import Database
@@ -125,6 +126,12 @@ def period(
     return lo, hi, zone
 
 
+def money(value: float) -> float:
+    """A sum of revenue to a millionth: sums of floats added in another order (rows, or
+    rollups) differ in their last bits, and no currency has more than 4 decimals."""
+    return round(value, 6) + 0.0
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """numerator / denominator, or None when there is nothing to divide by."""
     if not denominator or numerator is None:
@@ -141,14 +148,16 @@ def journey_report(
     end: str | date | datetime | None = None,
     tz: str | None = "UTC",
     version: int | None = None,
+    exact: bool = False,
 ) -> Report:
     """Metrics of one journey over [start, end): summary, versions, steps, messages,
-    days (in `tz`) and exits."""
+    days (in `tz`) and exits. `exact`: count the rows, not the rollups (the same
+    numbers, slower; for checking)."""
     lo, hi, zone = period(start, end, tz)
     with db.read() as conn:
         steps_of = _definitions(conn, key, version)
     scope = q.Scope(key, version, lo, hi)
-    data = _collect(db, scope, zone, steps_of, enrolments=True)
+    data = _collect(db, scope, zone, steps_of, enrolments=True, exact=exact)
     messages = _message_rows(data, with_journey=False)
     steps = _step_rows(data, steps_of, messages)
     versions = _version_rows(data, messages)
@@ -189,15 +198,17 @@ def messages_report(
     start: str | date | datetime | None = None,
     end: str | date | datetime | None = None,
     tz: str | None = "UTC",
+    exact: bool = False,
 ) -> Report:
     """Message metrics per journey, step, template and variant (all messages, or one
-    journey's, or one template's) over [start, end), and by day."""
+    journey's, or one template's) over [start, end), and by day. `exact`: count the
+    rows, not the rollups."""
     lo, hi, zone = period(start, end, tz)
     if journey is not None:
         with db.read() as conn:
             _definitions(conn, journey, None)
     scope = q.Scope(journey, None, lo, hi, template)
-    data = _collect(db, scope, zone, {}, enrolments=False)
+    data = _collect(db, scope, zone, {}, enrolments=False, exact=exact)
     rows = _message_rows(data, with_journey=True)
     wanted = [c.key for c in _message_day_columns()]
     days = [{k: r[k] for k in wanted} for r in _day_rows(data)]
@@ -260,26 +271,26 @@ def _collect(
     steps_of: dict[int, list[tuple[Any, Any]]],
     *,
     enrolments: bool,
+    exact: bool = False,
 ) -> dict[str, Any]:
-    """Run the queries, two at a time (each reads its own table, on its own connection)."""
+    """The counts from the rollups (analytics/rollups.py) when they can answer exactly;
+    otherwise from the rows, two queries at a time (each reads its own table, on its own
+    connection)."""
     versions = [v for v in steps_of if scope.version in (None, v)]
     steps = [(v, step) for v in versions for step, _ in steps_of[v]]
+    if not exact and rollups.aligned(scope.start) and rollups.aligned(scope.end):
+        with rollups.snapshot(db) as conn:
+            unlinked, journeys, days = _frame(conn, scope, zone, versions)
+            rolled = rollups.collect(
+                conn, scope, zone, days, enrolments=enrolments, unlinked=unlinked
+            )
+            if rolled is not None:
+                if enrolments:
+                    rolled["waiting"] = q.waiting(conn, scope)
+                frame = {"days": days, "scope_version": scope.version, "versions": versions}
+                return {**rolled, **frame}
     with db.read() as conn:
-        unlinked = q.has_unlinked_feedback(conn)
-        lo, hi = scope.start, scope.end
-        journeys: list[str | None] = (
-            [scope.journey] if scope.journey else q.journeys_with_messages(conn)
-        )
-        # The days of the table: those of the range that hold rows (a range reaching
-        # years past the data lists no empty years).
-        first, last = q.bounds(conn, scope, versions, journeys)
-        if first is not None and last is not None:
-            lo = max(lo, first) if lo is not None else first
-            hi = min(hi, last + _US) if hi is not None else last + _US
-        days = []
-        if first is not None and lo is not None and hi is not None and lo < hi:
-            last_day = (hi - _US).astimezone(zone).date()
-            days = q.local_days(lo.astimezone(zone).date(), last_day, zone)
+        unlinked, journeys, days = _frame(conn, scope, zone, versions)
 
     def run(query: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         def go() -> Any:
@@ -319,7 +330,30 @@ def _collect(
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         data = {name: future.result() for name, future in futures.items()}
-    return {**data, "days": days, "scope_version": scope.version}
+    return {**data, "days": days, "scope_version": scope.version, "versions": versions}
+
+
+def _frame(
+    conn: Connection, scope: q.Scope, zone: ZoneInfo, versions: list[int]
+) -> tuple[bool, list[str | None], list[q.Day]]:
+    """(whether feedback waits to be linked by provider id, the journeys the scope reads
+    (None: messages outside journeys), the local days of the range that hold rows: a
+    range reaching years past the data lists no empty years)."""
+    unlinked = q.has_unlinked_feedback(conn)
+    journeys: list[str | None] = (
+        [scope.journey] if scope.journey else q.journeys_with_messages(conn)
+    )
+    lo, hi = scope.start, scope.end
+    first, last = q.bounds(conn, scope, versions, journeys)
+    if first is not None and last is not None:
+        lo = max(lo, first) if lo is not None else first
+        hi = min(hi, last + _US) if hi is not None else last + _US
+    days = []
+    if first is not None and lo is not None and hi is not None and lo < hi:
+        last_day = (hi - _US).astimezone(zone).date()
+        first_day = lo.astimezone(zone).date()
+        days = q.local_days(first_day, last_day, zone, scope.start, scope.end)
+    return unlinked, journeys, days
 
 
 # -- adding up ------------------------------------------------------------------------------
@@ -432,6 +466,8 @@ def _version_rows(data: dict[str, Any], messages: list[dict[str, Any]]) -> list[
             "clicked": 0,
         }
     )
+    for version in data["versions"]:  # every version asked, counts or not
+        rows[version]["entered"] += 0
     for r in data["entered"]:
         rows[r["version"]]["entered"] += r["n"] - r["control"]
         rows[r["version"]]["control"] += r["control"]
@@ -449,6 +485,7 @@ def _version_rows(data: dict[str, Any], messages: list[dict[str, Any]]) -> list[
     out = []
     for version in sorted(rows):
         r = {"version": version, **rows[version]}
+        r["revenue"] = money(r["revenue"])
         r["conversion_rate"] = ratio(r["converted"], r["entered"])
         r["control_conversion_rate"] = ratio(r["control_converted"], r["control"])
         out.append(_rates(r))
@@ -468,6 +505,8 @@ def _day_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
         for r in data["message_days"][part]:
             for name in (*SENT, "opened", "clicked"):
                 days[r["day"]][name] += int(r.get(name) or 0)
+    for counts in days.values():
+        counts["revenue"] = money(counts["revenue"])
     return [_rates({"day": day, **counts}) for day, counts in sorted(days.items())]
 
 
@@ -512,6 +551,7 @@ def _summary(versions: list[dict[str, Any]], data: dict[str, Any]) -> dict[str, 
         "clicked",
     )
     out: dict[str, Any] = {k: sum(v[k] for v in versions) for k in keys}
+    out["revenue"] = money(out["revenue"])
     out["conversion_rate"] = ratio(out["converted"], out["entered"])
     out["control_conversion_rate"] = ratio(out["control_converted"], out["control"])
     out["revenue_per_entered"] = ratio(out["revenue"], out["entered"])

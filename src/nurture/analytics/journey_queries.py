@@ -88,16 +88,27 @@ def prepare(conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
 
 
-def local_days(first: date, last: date, zone: ZoneInfo) -> list[Day]:
+def local_days(
+    first: date,
+    last: date,
+    zone: ZoneInfo,
+    lo: datetime | None = None,
+    hi: datetime | None = None,
+) -> list[Day]:
     """The local days from `first` to `last`, each with its real length (23 or 25 hours
-    on a daylight saving change)."""
+    on a daylight saving change), the first and last cut to [lo, hi) when given (a range
+    from 10:00 counts its first day from 10:00)."""
     out = []
     day = first
     while day <= last:
         nxt = day + timedelta(days=1)
-        out.append(
-            Day(day, datetime.combine(day, time(), zone), datetime.combine(nxt, time(), zone))
-        )
+        start, end = datetime.combine(day, time(), zone), datetime.combine(nxt, time(), zone)
+        if lo is not None:
+            start = max(start, lo)
+        if hi is not None:
+            end = min(end, hi)
+        if start < end:
+            out.append(Day(day, start, end))
         day = nxt
     return out
 
@@ -159,7 +170,7 @@ def _per_day(
     return out
 
 
-def _sum(condition: ColumnElement[bool], value: Any = 1) -> ColumnElement[Any]:
+def count_if(condition: ColumnElement[bool], value: Any = 1) -> ColumnElement[Any]:
     return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
 
 
@@ -175,7 +186,7 @@ def entered(
         def build(lo: datetime, hi: datetime, version: int = version) -> Select[Any]:
             return select(
                 func.count().label("n"),
-                _sum(n.control == True).label("control"),  # noqa: E712
+                count_if(n.control == True).label("control"),  # noqa: E712
             ).where(
                 n.journey_key == scope.journey,
                 n.version == version,
@@ -199,7 +210,7 @@ def converted(
             treated = n.control == False  # noqa: E712 - SQL
             return select(
                 func.count().label("n"),
-                _sum(n.control == True).label("control"),  # noqa: E712
+                count_if(n.control == True).label("control"),  # noqa: E712
                 func.coalesce(func.sum(case((treated, n.revenue), else_=None)), 0).label("revenue"),
             ).where(
                 n.journey_key == scope.journey,
@@ -278,8 +289,8 @@ def messages(conn: Connection, scope: Scope, journeys: list[str | None]) -> list
         query = (
             select(
                 *keys,
-                _sum(sent).label("sent"),
-                _sum(unsent).label("unsent"),
+                count_if(sent).label("sent"),
+                count_if(unsent).label("unsent"),
                 func.min(case((sent, o.id), else_=None)).label("lo"),
                 func.max(case((sent, o.id), else_=None)).label("hi"),
             )
@@ -347,9 +358,9 @@ def message_days(
         def build(lo: datetime, hi: datetime, journey: Any = journey) -> Select[Any]:
             return select(
                 func.count().label("sent"),
-                _sum(o.status.in_(("delivered", "complained"))).label("delivered"),
-                _sum(o.status == "bounced").label("bounced"),
-                _sum(o.status == "complained").label("complained"),
+                count_if(o.status.in_(("delivered", "complained"))).label("delivered"),
+                count_if(o.status == "bounced").label("bounced"),
+                count_if(o.status == "complained").label("complained"),
                 func.min(o.id).label("lo"),
                 func.max(o.id).label("hi"),
             ).where(
@@ -369,10 +380,12 @@ def message_days(
 ENGAGEMENT = ("opened", "clicked", "unsubscribed", "complained")
 
 
-def _folded(lo: int, hi: int, *, by_provider_id: bool) -> Any:
-    """Feedback folded to one row per message with an id in [lo, hi]: its human and
-    machine opens and clicks, whether it has an unsubscribe and a complaint."""
+def folded(lo: int, hi: int, *, by_provider_id: bool, ids: Select[Any] | None = None) -> Any:
+    """Feedback folded to one row per message with an id in [lo, hi] (and in `ids`, a
+    query of outbox ids, when given): its human and machine opens and clicks, whether it
+    has an unsubscribe and a complaint."""
     f, o = t.message_feedback.c, t.outbox.c
+    among: list[ColumnElement[bool]] = [] if ids is None else [f.outbox_id.in_(ids)]
     if by_provider_id:
         linked = (
             select(o.id.label("mid"), f.type, f.payload)
@@ -382,10 +395,11 @@ def _folded(lo: int, hi: int, *, by_provider_id: bool) -> Any:
                 f.provider_id.is_not(None),
                 f.type.in_(ENGAGEMENT),
                 o.id.between(lo, hi),
+                *([] if ids is None else [o.id.in_(ids)]),
             )
         )
         direct = select(f.outbox_id.label("mid"), f.type, f.payload).where(
-            f.outbox_id.between(lo, hi), f.type.in_(ENGAGEMENT)
+            f.outbox_id.between(lo, hi), f.type.in_(ENGAGEMENT), *among
         )
         rows = direct.union_all(linked).subquery()
         mid, kind, payload = rows.c.mid, rows.c.type, rows.c.payload
@@ -394,7 +408,7 @@ def _folded(lo: int, hi: int, *, by_provider_id: bool) -> Any:
     else:
         mid, kind, payload = f.outbox_id, f.type, f.payload
         source = t.message_feedback
-        where = [f.outbox_id.between(lo, hi), f.type.in_(ENGAGEMENT)]
+        where = [f.outbox_id.between(lo, hi), f.type.in_(ENGAGEMENT), *among]
     # Read the payload of opens and clicks only (a CASE stops there; AND would not): the
     # other rows are read from the (outbox_id, type) index alone.
     is_machine = by_machine(payload)
@@ -426,7 +440,7 @@ def _some(column: Any) -> ColumnElement[Any]:
     return func.coalesce(func.sum(case((column > 0, one), else_=0)), 0)
 
 
-def _engagement(m: Any) -> list[Any]:
+def engagement(m: Any) -> list[Any]:
     return [
         _some(m.oh).label("opened"),
         func.coalesce(func.sum(m.oh), 0).label("opens"),
@@ -457,12 +471,12 @@ def feedback_days(
     o = t.outbox.c
     if not ids or not days:
         return []
-    folded = _folded(
+    per_message = folded(
         min(i[0] for i in ids.values()),
         max(i[1] for i in ids.values()),
         by_provider_id=by_provider_id,
     )
-    m = folded.c
+    m = per_message.c
     keys = [getattr(o, k) for k in MESSAGE_KEYS]
     # One query, grouped by day too: only messages with feedback reach the GROUP BY (a
     # third of them), so the sort SQLite makes is cheaper than a query per day.
@@ -471,10 +485,10 @@ def feedback_days(
         select(
             day.label("day"),
             *keys,
-            *_engagement(m),
-            _sum(o.status != "complained", m.c).label("complained"),
+            *engagement(m),
+            count_if(o.status != "complained", m.c).label("complained"),
         )
-        .select_from(folded.join(t.outbox, o.id == m.mid))
+        .select_from(per_message.join(t.outbox, o.id == m.mid))
         .where(
             *_journey(o, scope),
             *scope.within(o.sent_at, days[0].start, days[-1].end),

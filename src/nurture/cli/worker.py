@@ -7,6 +7,7 @@ import threading
 
 import typer
 
+from nurture.analytics.rollups import RollupRunner
 from nurture.background import BackgroundLoop
 from nurture.cli.common import console, running
 from nurture.journeys.runner import JourneyRunner
@@ -23,6 +24,9 @@ def worker_command(
     ),
     dispatch: bool = typer.Option(
         True, "--dispatch/--no-dispatch", help="Send the outbox through the channels"
+    ),
+    rollups: bool = typer.Option(
+        True, "--rollups/--no-rollups", help="Keep the journey report's rollups current"
     ),
 ) -> None:
     """Work until interrupted (SIGTERM or Ctrl-C): any number of workers may run against
@@ -47,6 +51,8 @@ def worker_command(
             runners.append(JourneyRunner(runtime).start())
         if dispatcher is not None:
             runners.append(dispatcher.start())
+        if rollups:
+            runners.append(RollupRunner(nurture.db, poll_seconds=s.rollup_seconds).start())
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         console.print(
@@ -57,6 +63,7 @@ def worker_command(
                     ("segments", segments),
                     ("journeys", journeys),
                     ("dispatch", dispatch),
+                    ("rollups", rollups),
                 )
                 if on
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -387,6 +388,14 @@ enrolments = Table(
     ),
     Index(None, "contact_id", "status"),
     Index(None, "journey_key", "status"),
+    # Enrolments ended in a time range (the journey report's rollups, analytics/rollups.py).
+    Index(
+        "ix_enrolments_journey_ended",
+        "journey_key",
+        "ended_at",
+        sqlite_where=text("ended_at IS NOT NULL"),
+        postgresql_where=text("ended_at IS NOT NULL"),
+    ),
 )
 
 # Every step an enrolment ran, once (the primary key is the proof): metrics per step.
@@ -448,6 +457,14 @@ outbox = Table(
     Index(None, "contact_id", "channel", "sent_at"),
     Index(None, "journey_key", "step"),
     Index(None, "provider_id"),
+    # Messages not sent, by when they were made (the rollups count them so).
+    Index(
+        "ix_outbox_unsent",
+        "created_at",
+        "journey_key",
+        sqlite_where=text("sent_at IS NULL"),
+        postgresql_where=text("sent_at IS NULL"),
+    ),
 )
 
 # Every consent change with its proof (the current state is in `consents`).
@@ -566,6 +583,60 @@ clv_predictions = Table(
 # Analytics rows kept per contact: what erasure removes.
 ANALYTICS_BY_CONTACT = (clv_predictions,)
 # -- end clv ----------------------------------------------------------------------------
+
+# -- journey metrics rollups (analytics/rollups.py) -------------------------------------
+# Which 15-minute buckets of which journey ('' for messages outside journeys) have rows
+# that changed since their rollup was last computed. Triggers on enrolments, journey_steps,
+# outbox and message_feedback write them (migration 0013), so no write path can forget.
+# `tx` is the writing transaction on PostgreSQL (0 on SQLite): a refresh deletes exactly
+# the marks it saw, never one of a transaction it could not see.
+metric_marks = Table(
+    "metric_marks",
+    metadata,
+    Column("journey_key", String(200), nullable=False),
+    Column("bucket", UTCDateTime, nullable=False),
+    Column("tx", BigInteger, nullable=False),
+    PrimaryKeyConstraint("journey_key", "bucket", "tx"),
+)
+
+# The journey report's counts per journey and bucket of UTC time (15 minutes, and their sums
+# per hour and per UTC day, so that a report adds up few rows), by kind:
+# entered | converted (by version, with the control share and revenue), ended (by status,
+# reason, step, version, control), run (steps run, by version and step), message (by
+# journey, version, step, template, variant, channel and status: sent and not sent, and
+# the feedback folded per message). A pure function of the rows; rebuilt per bucket.
+metric_rollups = Table(
+    "metric_rollups",
+    metadata,
+    Column("journey_key", String(200), nullable=False),
+    Column("bucket", UTCDateTime, nullable=False),
+    Column("span", Integer, nullable=False),  # minutes: 15, 60 or 1440 (a UTC day)
+    Column("kind", String(16), nullable=False),
+    Column("version", Integer),
+    Column("step", String(200)),
+    Column("template", String(200)),
+    Column("variant", String(200)),
+    Column("channel", String(16)),
+    Column("status", String(16)),
+    Column("end_reason", String(500)),
+    Column("control", Boolean),
+    Column("n", BigInteger, nullable=False),
+    Column("control_n", BigInteger, nullable=False),
+    Column("unsent", BigInteger, nullable=False),
+    Column("revenue", Float, nullable=False),
+    Column("opened", BigInteger, nullable=False),
+    Column("opens", BigInteger, nullable=False),
+    Column("machine_opened", BigInteger, nullable=False),
+    Column("machine_opens", BigInteger, nullable=False),
+    Column("clicked", BigInteger, nullable=False),
+    Column("clicks", BigInteger, nullable=False),
+    Column("machine_clicked", BigInteger, nullable=False),
+    Column("machine_clicks", BigInteger, nullable=False),
+    Column("unsubscribed", BigInteger, nullable=False),
+    Column("complained", BigInteger, nullable=False),
+    Index(None, "journey_key", "span", "bucket"),
+)
+# -- end journey metrics rollups --------------------------------------------------------
 
 # Every row journeys keep per contact: what erasure removes.
 JOURNEYS_BY_CONTACT = (enrolments, journey_steps, outbox, journey_inbox)
