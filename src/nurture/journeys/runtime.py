@@ -341,21 +341,21 @@ class JourneyRuntime:
             writes.updates.setdefault(contact.id, []).append(transition.update)
         if transition.score is not None:
             writes.events.append(_points_event(enrolment, contact.id, transition.score, now))
-        writes.moves.append(
-            {
-                "id": enrolment.id,
-                "contact_id": contact.id,
-                "step": transition.step,
-                "due_at": transition.due_at,
-                "seq": enrolment.seq + 1,
-                "attempts": 0,
-                "last_error": None,
-                "context": enrolment.context,
-                "status": transition.status,
-                "ended_at": None if transition.status == "active" else now,
-                "end_reason": transition.reason,
-            }
-        )
+        move = {
+            "id": enrolment.id,
+            "contact_id": contact.id,
+            "step": transition.step,
+            "due_at": transition.due_at,
+            "seq": enrolment.seq + 1,
+            "attempts": 0,
+            "last_error": None,
+            "context": enrolment.context,
+        }
+        if transition.status != "active":
+            # Only an ending sets these (an active enrolment has none): an UPDATE that
+            # leaves them out does not run the rollup marks' trigger (migration 0013).
+            move |= {"status": transition.status, "ended_at": now, "end_reason": transition.reason}
+        writes.moves.append(move)
 
     def _write(self, conn: Connection, writes: _Writes, now: datetime) -> None:
         if writes.steps:
