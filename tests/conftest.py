@@ -8,11 +8,11 @@ under CI (CI=true), where they fail: CI must never silently skip them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +23,44 @@ import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
+from tests.databases import PostgresSchemas, copy_sqlite_template, make_sqlite_template
 
 from nurture.api.app import create_app
 from nurture.clock import SimulatedClock
 from nurture.core import Nurture
 from nurture.settings import Settings
 from nurture.store import Database
+
+# Tests that run several processes at full speed and kill them (crash safety). scripts/test
+# runs the suite on two xdist workers with --dist loadgroup: this group keeps these tests on
+# one worker, one after another, so that no two of them compete for the machine's two cores
+# (their deadlines hold with one light test beside them); it is scheduled first, being the
+# largest unit of work.
+HEAVY = pytest.mark.xdist_group("heavy")
+# Tests whose time budgets are part of what they check (a client's retries must outlast an
+# outage): under xdist, nothing else runs while one of them does (see `_alone`).
+ALONE = pytest.mark.alone
+
+
+@pytest.fixture(autouse=True)
+def _alone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under xdist, a test marked ALONE holds an exclusive lock shared by the session's
+    workers, and every other test a shared one."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    # The session's temporary folder, above each worker's own (popen-gw0, ...).
+    path = tmp_path_factory.getbasetemp().parent / "alone.lock"
+    exclusive = request.node.get_closest_marker("alone") is not None
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 PG_URL = os.environ.get(
     "NURTURE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -56,27 +88,52 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database migrated once per session, for the `db` fixture to copy."""
+    return make_sqlite_template(tmp_path_factory.mktemp("template") / "nurture.db")
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[PostgresSchemas]:
+    """The session's PostgreSQL schemas: empty ones, and a pool of migrated ones."""
+    schemas = PostgresSchemas(PG_URL)
+    yield schemas
+    schemas.close()
+
+
+MIGRATED = pytest.StashKey[bool]()  # on a test whose database_url came migrated
+
+
 @pytest.fixture
-def database_url(backend: str, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
-    """(url, search_path): a fresh, empty database for one test."""
+def database_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, str | None]]:
+    """(url, search_path): a database of the test's own; empty, unless the test uses the
+    `db` fixture: then it comes already migrated, a copy made without running the
+    migrations again (see tests/databases.py)."""
+    migrated = "db" in request.fixturenames
+    request.node.stash[MIGRATED] = migrated
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'nurture.db'}", None
+        path = tmp_path / "nurture.db"
+        if migrated:
+            copy_sqlite_template(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}", None
         return
     problem = _postgres_problem()
     if problem:
         if os.environ.get("CI"):
             pytest.fail(f"{problem} (CI must run the PostgreSQL tests)")
         pytest.skip(problem)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
+    schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
+    if migrated:
+        schema = schemas.take_migrated()
         yield PG_URL, schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+        schemas.give_back(schema)
+    else:
+        schema = schemas.create_empty()
+        yield PG_URL, schema
+        schemas.drop(schema)
 
 
 def process_url(url: str, schema: str | None) -> str:
@@ -102,10 +159,12 @@ def cli_url(
 
 
 @pytest.fixture
-def db(database_url: tuple[str, str | None]) -> Iterator[Database]:
+def db(database_url: tuple[str, str | None], request: pytest.FixtureRequest) -> Iterator[Database]:
+    """The test's database, at the newest migration."""
     url, schema = database_url
     database = Database(url, search_path=schema, sqlite_synchronous="NORMAL")
-    database.migrate()
+    if not request.node.stash.get(MIGRATED, False):
+        database.migrate()
     yield database
     database.dispose()
 

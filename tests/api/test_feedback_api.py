@@ -86,7 +86,10 @@ class FakeSns:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: shutdown() waits for it (the default 0.5 s, for every test).
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
 
     def sign(self, message: dict[str, Any], version: str = "2") -> bytes:
         signed = {**message, "SignatureVersion": version, "SigningCertURL": f"{self.url}/c.pem"}

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select
-from tests.conftest import process_url
+from tests.conftest import HEAVY, process_url
 
 from nurture.clock import SystemClock
 from nurture.keys import KeyStore
 from nurture.store import Database
 from nurture.store import tables as t
+
+pytestmark = HEAVY  # one at a time (see tests/conftest.py)
 
 BATCHES = 300
 PER_BATCH = 50

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from tests.conftest import make_settings, process_url
+from tests.conftest import HEAVY, make_settings, process_url
 
 from nurture.core import Nurture
 from nurture.journeys import interpreter as ip
 from nurture.store import Database
 from nurture.store import tables as t
+
+pytestmark = HEAVY  # one at a time (see tests/conftest.py)
 
 ENROLMENTS = 10_000
 KEY = "crash_trial"

@@ -26,13 +26,15 @@ import orjson
 from aiosmtpd.controller import Controller
 from sqlalchemy import func, select
 from tests.channels import servers
-from tests.conftest import make_settings, process_url
+from tests.conftest import HEAVY, make_settings, process_url
 
 from nurture.channels.mime import message_id
 from nurture.clock import SimulatedClock, SystemClock
 from nurture.core import Nurture
 from nurture.store import Database
 from nurture.store import tables as t
+
+pytestmark = HEAVY  # one at a time (see tests/conftest.py)
 
 MESSAGES = 1_500
 KILLS = 3

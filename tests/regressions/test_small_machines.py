@@ -27,12 +27,14 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
-from tests.conftest import PG_URL, free_port
+from tests.conftest import ALONE, HEAVY, PG_URL, free_port
 
 from nurture.core import Nurture
 from nurture.store import Database
 from nurture.store import tables as t
 from nurture.store.database import IDENTITY_LOCK
+
+pytestmark = [HEAVY, ALONE]  # see tests/conftest.py
 
 APP_NAME = "nurture-small-machines-"  # + the test's schema: the connections we may cut
 

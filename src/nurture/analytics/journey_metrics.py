@@ -32,16 +32,7 @@ from nurture.store import tables as t
 
 # Message counts, in the order the tables show them.
 SENT = ("sent", "delivered", "bounced", "complained", "unsubscribed")
-ENGAGED = (
-    "opened",
-    "opens",
-    "machine_opened",
-    "machine_opens",
-    "clicked",
-    "clicks",
-    "machine_clicked",
-    "machine_clicks",
-)
+ENGAGED = q.ENGAGED
 UNSENT = ("queued", "skipped", "failed")
 COUNTS = SENT + ENGAGED + UNSENT
 # (rate, numerator, denominator)

@@ -44,6 +44,17 @@ from nurture.store.types import to_microseconds
 # Statuses of a message whose send was recorded (messages/feedback.py RECORDED).
 RECORDED = ("sent", "delivered", "bounced", "complained", "failed")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+# Opens and clicks of a message's feedback: by people, and by machines (journey_metrics.py).
+ENGAGED = (
+    "opened",
+    "opens",
+    "machine_opened",
+    "machine_opens",
+    "clicked",
+    "clicks",
+    "machine_clicked",
+    "machine_clicks",
+)
 MESSAGE_KEYS = ("journey_key", "version", "step", "template", "variant", "channel", "status")
 
 

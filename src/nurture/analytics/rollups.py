@@ -86,18 +86,11 @@ MEASURES = (
     "control_n",
     "unsent",
     "revenue",
-    "opened",
-    "opens",
-    "machine_opened",
-    "machine_opens",
-    "clicked",
-    "clicks",
-    "machine_clicked",
-    "machine_clicks",
+    *q.ENGAGED,
     "unsubscribed",
     "complained",
 )
-ENGAGED = MEASURES[4:]
+FOLDED = MEASURES[4:]  # the feedback folded per message
 Key = tuple[Any, ...]  # (day or None, *DIMENSIONS)
 
 
@@ -303,7 +296,7 @@ def _message_rows(
         for r in conn.execute(query):
             values = {k: getattr(r, k) for k in (*MESSAGE, "n", "unsent")}
             if r.status in q.RECORDED:  # feedback counts for recorded sends only
-                values |= {k: int(getattr(r, k) or 0) for k in ENGAGED}
+                values |= {k: int(getattr(r, k) or 0) for k in FOLDED}
             out.append(_row(r.b, journey, "message", **values))
     unsent: Any
     if conn.dialect.name == "sqlite":
@@ -684,7 +677,7 @@ def _shape(
                     s["delivered"] += v["n"]
                 if d["status"] in ("bounced", "complained"):
                     s[d["status"]] += v["n"]
-            if any(v[m] for m in ENGAGED) and day is not None:
+            if any(v[m] for m in FOLDED) and day is not None:
                 fkey = (day, *mkey)
                 f = feedback.setdefault(
                     fkey,
@@ -692,10 +685,10 @@ def _shape(
                         "day": day,
                         "journey_key": journey,
                         **{k: d[k] for k in MESSAGE},
-                        **dict.fromkeys(ENGAGED, 0),
+                        **dict.fromkeys(FOLDED, 0),
                     },
                 )
-                for m in ENGAGED:
+                for m in FOLDED:
                     f[m] += v[m]
     fb = list(feedback.values())
     for r in q.unapplied_deliveries(conn, scope):
