@@ -146,7 +146,9 @@ class Nurture:
             self.journey_runtime.on_steps.append(lambda _timing: dispatch())
         self.rollup_runner: RollupRunner | None = None
         if background and self.settings.rollups_in_process:
-            self.rollup_runner = RollupRunner(self.db, poll_seconds=self.settings.rollup_seconds)
+            self.rollup_runner = RollupRunner(
+                self.db, self.clock, poll_seconds=self.settings.rollup_seconds
+            )
         self._started = False
 
     @cached_property

@@ -45,6 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from nurture.analytics import journey_queries as q
 from nurture.background import BackgroundLoop
+from nurture.clock import Clock
 from nurture.store import Database
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows
@@ -336,14 +337,14 @@ def runs_of(buckets: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
 
 
 # -- refreshing -----------------------------------------------------------------------------
-def refresh(db: Database, *, most: int | None = None) -> int:
-    """Recompute up to `most` marked buckets (default REFRESH_BUCKETS), store them, delete
-    the marks seen. Returns the number of buckets recomputed (0: nothing marked, or
-    another refresh is running)."""
+def refresh(db: Database, *, most: int | None = None, before: datetime | None = None) -> int:
+    """Recompute up to `most` marked buckets (default REFRESH_BUCKETS) that start before
+    `before` (default: any), store them, delete the marks seen. Returns the number of
+    buckets recomputed (0: nothing marked, or another refresh is running)."""
     most = most or REFRESH_BUCKETS[db.backend]
     if db.is_sqlite:
         with db.write() as conn:
-            return _refresh(conn, most)
+            return _refresh(conn, most, before)
     with db.engine.connect() as conn:
         key = "SELECT pg_try_advisory_lock(%(k)s::int, hashtext(current_schema()))"
         got = conn.exec_driver_sql(key, {"k": _LOCK}).scalar()
@@ -354,17 +355,19 @@ def refresh(db: Database, *, most: int | None = None) -> int:
             rr = conn.execution_options(isolation_level="REPEATABLE READ")
             with rr.begin():
                 q.prepare(rr)
-                return _refresh(rr, most)
+                return _refresh(rr, most, before)
         finally:
             unlock = "SELECT pg_advisory_unlock(%(k)s::int, hashtext(current_schema()))"
             conn.exec_driver_sql(unlock, {"k": _LOCK})
             conn.commit()
 
 
-def _refresh(conn: Connection, most: int) -> int:
+def _refresh(conn: Connection, most: int, before: datetime | None) -> int:
     k = t.metric_marks.c
     # The oldest marked buckets first: a backlog is worked through in time order.
     first = select(k.journey_key, k.bucket).distinct().order_by(k.bucket, k.journey_key).limit(most)
+    if before is not None:
+        first = first.where(k.bucket < before)
     chosen = [(r.journey_key, _moment(r.bucket)) for r in conn.execute(first)]
     if not chosen:
         return 0
@@ -458,15 +461,18 @@ class RollupRunner(BackgroundLoop):
 
     name = "nurture-rollups"
 
-    def __init__(self, db: Database, *, poll_seconds: float = 5.0) -> None:
+    def __init__(self, db: Database, clock: Clock, *, poll_seconds: float = 5.0) -> None:
         super().__init__(poll_seconds=poll_seconds, log=log)
         self.db = db
+        self.clock = clock
 
     def round(self) -> int:
-        """A refresh; it counts as work (the loop goes on at once) only when it left a
-        backlog. Under steady writes the current bucket is marked again at once: it is
-        recounted every `poll_seconds`, not over and over."""
-        done = refresh(self.db)
+        """A refresh of the buckets that have ended: the current one is written to all
+        the time, and recounting it every round would cost the writers (a report counts
+        it from the rows). It counts as work (the loop goes on at once) only when it left
+        a backlog."""
+        current = floor(self.clock.now(), QUARTER)
+        done = refresh(self.db, before=current)
         return done if done >= REFRESH_BUCKETS[self.db.backend] else 0
 
 

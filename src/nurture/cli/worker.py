@@ -52,7 +52,8 @@ def worker_command(
         if dispatcher is not None:
             runners.append(dispatcher.start())
         if rollups:
-            runners.append(RollupRunner(nurture.db, poll_seconds=s.rollup_seconds).start())
+            rollup = RollupRunner(nurture.db, nurture.clock, poll_seconds=s.rollup_seconds)
+            runners.append(rollup.start())
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         console.print(

@@ -154,6 +154,7 @@ def downgrade() -> None:
                 bind.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_marks_{suffix} ON {table}")
             bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS nurture_marks_{table}()")
             bind.exec_driver_sql(f"DROP FUNCTION IF EXISTS nurture_marks_{table}_inserted()")
+        bind.exec_driver_sql("DROP FUNCTION IF EXISTS nurture_marks_outbox_updated()")
         bind.exec_driver_sql("DROP FUNCTION IF EXISTS nurture_mark(text, timestamptz)")
     else:
         for table in (*MOMENTS, "message_feedback"):
@@ -287,10 +288,33 @@ def _pg_inserted(table: str) -> str:
     )
 
 
+def _pg_outbox_updated() -> str:
+    """The marks of the messages a statement changed in a counted column, old and new
+    bucket: the dispatcher updates messages in batches (claimed, sent), one statement each."""
+    columns = ", ".join(f"o.{c}" for c in COUNTED["outbox"])
+    changed = ", ".join(f"n.{c}" for c in COUNTED["outbox"])
+    return f"""
+CREATE OR REPLACE FUNCTION nurture_marks_outbox_updated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO metric_marks (journey_key, bucket, tx)
+  SELECT DISTINCT coalesce(x.journey_key, ''), {BUCKET_PG.format("x.m")}, {TX_PG}
+  FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
+  CROSS JOIN LATERAL (VALUES (o.journey_key, coalesce(o.sent_at, o.created_at)),
+                             (n.journey_key, coalesce(n.sent_at, n.created_at)))
+       AS x(journey_key, m)
+  WHERE ROW({columns}) IS DISTINCT FROM ROW({changed})
+  ON CONFLICT DO NOTHING;
+  RETURN NULL;
+END $$
+"""
+
+
 def _postgresql() -> list[str]:
     """Rows inserted are marked once per statement (the runtime and the dispatcher insert
-    in batches); rows updated (only when a counted column changed) or deleted, per row."""
-    out = [MARK]
+    in batches), and so are messages updated; other rows updated (only when a counted
+    column changed) or deleted, per row."""
+    out = [MARK, _pg_outbox_updated()]
     for table in (*MOMENTS, "message_feedback"):
         out += [
             f"""
@@ -314,8 +338,12 @@ END $$
             f"EXECUTE FUNCTION nurture_marks_{table}_inserted()",
             f"CREATE TRIGGER {table}_marks_delete AFTER DELETE ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION nurture_marks_{table}()",
-            f"CREATE TRIGGER {table}_marks_update AFTER UPDATE OF {_counted(table)} ON {table} "
-            f"FOR EACH ROW WHEN ({_changed(table, False)}) "
+            f"CREATE TRIGGER {table}_marks_update AFTER UPDATE ON {table} "
+            "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
+            "EXECUTE FUNCTION nurture_marks_outbox_updated()"
+            if table == "outbox"
+            else f"CREATE TRIGGER {table}_marks_update AFTER UPDATE OF {_counted(table)} "
+            f"ON {table} FOR EACH ROW WHEN ({_changed(table, False)}) "
             f"EXECUTE FUNCTION nurture_marks_{table}()",
         ]
     return out
