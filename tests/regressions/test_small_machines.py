@@ -290,8 +290,9 @@ def test_a_server_short_of_memory_answers_503_and_loses_nothing(
                 restarts += 1
                 server[0] = start(limit=False)
 
+    # 40 tries (about 30 s of backoff): in the full suite a recovery once outlasted 25.
     clients = [
-        SdkClient(base, write_key, stored_ids(db), seed=n, cap=0.2, attempts=25) for n in range(8)
+        SdkClient(base, write_key, stored_ids(db), seed=n, cap=0.2, attempts=40) for n in range(8)
     ]
     for client in clients:
         client.on_dropped = restart_if_dead
