@@ -274,6 +274,10 @@ def test_a_server_short_of_memory_answers_503_and_loses_nothing(
                 assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
                 time.sleep(0.1)
         if limit:
+            # Once its background threads have made their first rounds (connections
+            # opened, definitions loaded): the limit is on a server at work, not on one
+            # still starting, whose first rounds would take the headroom meant for ingest.
+            time.sleep(2)
             size = _vm_size(proc.pid) + 8 * 2**20
             resource.prlimit(proc.pid, resource.RLIMIT_AS, (size, size))
         return proc
