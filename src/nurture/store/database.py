@@ -55,6 +55,10 @@ class Database:
         kwargs: dict[str, Any] = {
             "json_serializer": _json_dumps,
             "json_deserializer": orjson.loads,
+            # A database error names its statement, not its values: they are contacts'
+            # data, and a batch's are megabytes, which logging one (the ingest writer,
+            # short of memory) would copy again.
+            "hide_parameters": True,
         }
         if self.backend == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
