@@ -2,15 +2,17 @@
 
 A journey of a million enrolments has millions of rows to count; the report must answer in
 a second. So the counts are kept per journey and 15-minute bucket of UTC time in
-`metric_rollups`, and a report adds up buckets instead of rows. Every time zone's offset is
-a multiple of 15 minutes, so every local day is a whole number of buckets.
+`metric_rollups`, with their sums per hour and per UTC day, and a report adds up a few
+rows per day instead of the rows themselves. Every time zone's offset is a multiple of
+15 minutes, so every local day is a whole number of buckets.
 
 Exactness rests on marks, not on hope. Triggers (migration 0013) mark, in the writing
 transaction, each bucket whose rows an INSERT, UPDATE or DELETE changes, whatever code
 wrote it. A report reads, in one snapshot, the stored rollups and the marks, and counts
 the marked buckets from the rows themselves: the answer equals a recount at that snapshot.
-`refresh` (a background loop in `nurture worker` and `nurture serve`) recomputes marked
-buckets, stores them and deletes exactly the marks it saw; on PostgreSQL a mark carries
+`refresh` (a background loop in `nurture worker` and `nurture serve`, which leaves the
+bucket being written to the reports) recomputes marked buckets, stores them and deletes
+exactly the marks it saw; on PostgreSQL a mark carries
 its transaction id, so a mark of a transaction the refresh could not see survives.
 
 A range that does not fall on bucket boundaries, or too many marked buckets (a database
