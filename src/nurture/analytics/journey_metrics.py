@@ -301,9 +301,7 @@ def _collect(
         with db.read() as conn:
             q.prepare(conn)
             feedback = q.feedback_days(conn, scope, days, zone, ids, by_provider_id=unlinked)
-            for r in q.unapplied_deliveries(conn, scope):
-                day = r.sent_at.astimezone(zone).date()
-                feedback.append({**r._mapping, "day": day, "delivered": 1})
+            feedback += q.unapplied_deliveries(conn, scope, zone)
         return {"sent": sent, "feedback": feedback}
 
     jobs: dict[str, Callable[[], Any]] = {

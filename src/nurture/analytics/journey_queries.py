@@ -208,6 +208,13 @@ def entered(
     return out
 
 
+def treated_revenue() -> ColumnElement[Any]:
+    """SQL: the revenue of the treated (not holdout) enrolments among those summed."""
+    n = t.enrolments.c
+    treated = n.control == False  # noqa: E712 - SQL
+    return func.coalesce(func.sum(case((treated, n.revenue), else_=None)), 0)
+
+
 def converted(
     conn: Connection, scope: Scope, days: list[Day], zone: ZoneInfo, versions: list[int]
 ) -> list[dict[str, Any]]:
@@ -218,11 +225,10 @@ def converted(
     for version in versions:
 
         def build(lo: datetime, hi: datetime, version: int = version) -> Select[Any]:
-            treated = n.control == False  # noqa: E712 - SQL
             return select(
                 func.count().label("n"),
                 count_if(n.control == True).label("control"),  # noqa: E712
-                func.coalesce(func.sum(case((treated, n.revenue), else_=None)), 0).label("revenue"),
+                treated_revenue().label("revenue"),
             ).where(
                 n.journey_key == scope.journey,
                 n.version == version,
@@ -563,10 +569,11 @@ def as_date(value: Any) -> date:
     return date.fromordinal(_EPOCH_ORDINAL + int(value))
 
 
-def unapplied_deliveries(conn: Connection, scope: Scope) -> list[Any]:
-    """(message keys, sent_at) of the messages sent in the range, still `sent`, with a
-    delivery report not applied yet (found by outbox id or provider id): delivered too.
-    Read through the applied_at index, where only feedback waiting to be applied is."""
+def unapplied_deliveries(conn: Connection, scope: Scope, zone: ZoneInfo) -> list[dict[str, Any]]:
+    """{day, message keys, delivered: 1} of the messages sent in the range, still `sent`,
+    with a delivery report not applied yet (found by outbox id or provider id): delivered
+    too, on the local day they were sent. Read through the applied_at index, where only
+    feedback waiting to be applied is."""
     f, o = t.message_feedback.c, t.outbox.c
     keys = [getattr(o, k) for k in MESSAGE_KEYS]
     matches = or_(o.id == f.outbox_id, and_(f.outbox_id.is_(None), o.provider_id == f.provider_id))
@@ -582,7 +589,10 @@ def unapplied_deliveries(conn: Connection, scope: Scope) -> list[Any]:
             *scope.within(o.sent_at),
         )
     )
-    return list(conn.execute(query))
+    return [
+        {**r._mapping, "day": r.sent_at.astimezone(zone).date(), "delivered": 1}
+        for r in conn.execute(query)
+    ]
 
 
 def has_unlinked_feedback(conn: Connection) -> bool:

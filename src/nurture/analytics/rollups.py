@@ -34,7 +34,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     BigInteger,
     Connection,
-    case,
     delete,
     func,
     literal_column,
@@ -197,7 +196,6 @@ def _enrolment_rows(
     n = t.enrolments.c
     out = []
     control = q.count_if(n.control == True)  # noqa: E712 - SQL
-    treated = n.control == False  # noqa: E712 - SQL
     for version in distinct(conn, n.version, n.journey_key == journey):
         of = [n.journey_key == journey, n.version == version]
         b = bucket_of(conn, n.entered_at)
@@ -211,7 +209,7 @@ def _enrolment_rows(
             for r in conn.execute(entered)
         ]
         b = bucket_of(conn, n.converted_at)
-        revenue = func.coalesce(func.sum(case((treated, n.revenue), else_=None)), 0)
+        revenue = q.treated_revenue()
         converted = (
             select(b.label("b"), func.count().label("n"), control.label("c"), revenue.label("r"))
             .where(*of, n.converted_at >= lo, n.converted_at < hi)
@@ -500,7 +498,7 @@ def collect(
     if not all(aligned(e) for e in edges):
         return None
     k = t.metric_marks.c
-    wanted = [*_in_range(k.bucket, scope)]
+    wanted = scope.within(k.bucket)
     if scope.journey is not None:
         wanted.append(k.journey_key == scope.journey)
     marked = [
@@ -546,30 +544,20 @@ def pieces(lo: datetime, hi: datetime) -> list[tuple[int, datetime, datetime]]:
             out.append((span, a, b))
 
     first_day, last_day = ceil(lo, DAY), floor(hi, DAY)
+    first_hour, last_hour = ceil(lo, HOUR), floor(hi, HOUR)
     if first_day < last_day:
-        first_hour, last_hour = ceil(lo, HOUR), floor(hi, HOUR)
         emit(QUARTER, lo, first_hour)
         emit(HOUR, first_hour, first_day)
         emit(DAY, first_day, last_day)
         emit(HOUR, last_day, last_hour)
         emit(QUARTER, last_hour, hi)
         return out
-    first_hour, last_hour = ceil(lo, HOUR), floor(hi, HOUR)
     if first_hour < last_hour:
         emit(QUARTER, lo, first_hour)
         emit(HOUR, first_hour, last_hour)
         emit(QUARTER, last_hour, hi)
     else:
         emit(QUARTER, lo, hi)
-    return out
-
-
-def _in_range(column: Any, scope: q.Scope) -> list[ColumnElement[bool]]:
-    out = []
-    if scope.start is not None:
-        out.append(column >= scope.start)
-    if scope.end is not None:
-        out.append(column < scope.end)
     return out
 
 
@@ -698,9 +686,7 @@ def _shape(
                 )
                 for m in FOLDED:
                     f[m] += v[m]
-    fb = list(feedback.values())
-    for r in q.unapplied_deliveries(conn, scope):
-        fb.append({**r._mapping, "day": r.sent_at.astimezone(zone).date(), "delivered": 1})
+    fb = [*feedback.values(), *q.unapplied_deliveries(conn, scope, zone)]
     return {
         "entered": list(entered.values()),
         "converted": list(converted.values()),
