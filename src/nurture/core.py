@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from sqlalchemy import Connection
@@ -132,6 +132,10 @@ class Nurture:
                 batch=self.settings.evaluation_batch,
             )
             self.writer.on_commit.append(self.runner.notify)
+            if self.settings.evaluate_at_ingest:
+                self.writer.in_transaction.append(
+                    partial(self.engine.evaluate_at_ingest, limit=self.settings.evaluate_at_ingest)
+                )
         self.journey_runner: JourneyRunner | None = None
         if background and self.settings.journeys_in_process:
             self.journey_runner = JourneyRunner(self.journey_runtime)

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     evaluation_batch: int = Field(
         500, ge=1, description="Most contacts evaluated in one transaction after their events"
     )
+    evaluate_at_ingest: int = Field(
+        200,
+        ge=0,
+        description="Most contacts an ingest transaction evaluates itself, so that their "
+        "memberships commit with their events; larger groups go to the evaluator (0: never)",
+    )
     default_timezone: str = Field(
         "UTC",
         description="IANA timezone for contacts without one (local-time waits and triggers)",

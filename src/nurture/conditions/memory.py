@@ -176,14 +176,10 @@ def matching(
     since_us: int | None = None,
 ) -> Iterator[EventFact]:
     """The contact's events of this name and type that pass the filters, up to now."""
-    for event in facts.events:
+    for event in facts.named(type_, name, since_us):
         if event.at > now_us:
             break
-        if since_us is not None and event.at < since_us:
-            continue
-        if event.type != type_ or (name != "*" and event.name != name):
-            continue
-        if filters_hold(event, filters, now_us):
+        if not filters or filters_hold(event, filters, now_us):
             yield event
 
 

@@ -211,10 +211,17 @@ class IngestStore:
         self.default_region = default_region
 
     def store(
-        self, conn: Connection, messages: list[Message], now: datetime, *, check: bool = True
+        self,
+        conn: Connection,
+        messages: list[Message],
+        now: datetime,
+        *,
+        check: bool = True,
+        queued: set[int] | None = None,
     ) -> set[str]:
         """Store `messages` (already valid); returns the message ids stored now.
         A message whose id is stored already, or repeats earlier in the list, is skipped.
+        The contacts queued for evaluation are added to `queued` when given.
 
         With `check=False` the stored ids are not looked up first: if one turns out to be
         stored already (the insert takes fewer rows than it was given), DuplicateFound is
@@ -278,14 +285,12 @@ class IngestStore:
             (cast(int, row["contact_id"]), cast(str, row["type"]), cast(str, row["event"] or ""))
             for row in rows
         }
-        touched = {contact for contact, _, _ in arrived}
+        touched = {contact for contact, _, _ in arrived} | set(resolver.merged)
         queue_evaluations(
-            conn,
-            touched | set(resolver.merged),
-            now,
-            arrived=arrived,
-            full=resolver.renewed | set(resolver.merged),
+            conn, touched, now, arrived=arrived, full=resolver.renewed | set(resolver.merged)
         )
+        if queued is not None:
+            queued |= touched
         return set(unique)
 
     def _store_groups(

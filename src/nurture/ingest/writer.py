@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 _RETRIES = 8
 _CHECKED_AFTER_DUPLICATE = 50
 _RECONNECTS = 3  # tries after a lost connection, 0.2 s, 0.4 s, 0.8 s apart
+# A hook run inside each ingest transaction (see `IngestWriter.in_transaction`).
+InTransaction = Callable[[Connection, set[int], datetime], Callable[[], None] | None]
+
 LOCK_WAIT = 5.0  # seconds an ingest transaction waits for another writer's lock
 
 
@@ -80,6 +85,10 @@ class IngestWriter:
         self._checked_groups = 0
         # Called after each commit (the evaluator wakes up to evaluate the contacts).
         self.on_commit: list[Callable[[], None]] = []
+        # Called inside each ingest transaction, after its events are stored, with the
+        # contacts it queued for evaluation; what one returns is called after the commit
+        # (`Engine.evaluate_at_ingest`: memberships commit with their events).
+        self.in_transaction: list[InTransaction] = []
 
     def start(self) -> IngestWriter:
         if self._thread is None:
@@ -203,9 +212,14 @@ class IngestWriter:
             self.db.lock_identities(conn)
             now = self.clock.now()
             messages = [m for item in group for m in item.batch.messages]
-            stored = self.store.store(conn, messages, now, check=check)
+            queued: set[int] = set()
+            stored = self.store.store(conn, messages, now, check=check, queued=queued)
             for item in group:
                 store_rejections(conn, item.batch.rejections, now)
+            after = [hook(conn, queued, now) for hook in self.in_transaction]
+        for done in after:
+            if done is not None:
+                done()
         results = []
         claimed: set[str] = set()
         for item in group:

@@ -175,6 +175,60 @@ class Engine:
                 listener([done - claimed[cid].queued_at for cid in fresh])
         return len(claimed)
 
+    def evaluate_at_ingest(
+        self, conn: Connection, contact_ids: set[int], now: datetime, *, limit: int
+    ) -> Callable[[], None] | None:
+        """Evaluate, inside the ingest transaction that just stored their events and
+        queued them, up to `limit` contacts, so that their memberships, stages and scores
+        commit with the events; returns what to call once that transaction committed
+        (the `on_evaluated` listeners), or None when it evaluated nothing.
+
+        Contacts it does not evaluate stay queued for the evaluator: a larger group (an
+        import), and on PostgreSQL those another evaluation holds (a population write, a
+        real-time batch), found with try-locks so that ingest never waits for them. Any
+        error rolls back to a savepoint and leaves the contacts queued: the events are
+        stored whatever evaluation does."""
+        if not contact_ids or len(contact_ids) > limit:
+            return None
+        try:
+            with conn.begin_nested():
+                if not self.db.is_sqlite:
+                    if not self._try_lock(conn, EVALUATION_LOCK, shared=True):
+                        return None
+                    contact_ids = {c for c in contact_ids if self._try_lock_contact(conn, c)}
+                claimed = queue.claims_of(conn, contact_ids)
+                if not claimed:
+                    return None
+                ids = sorted(claimed)
+                result = self._evaluate(conn, ids, now, self._arrived(conn, claimed))
+                self._write(conn, result, ids, now)
+        except Exception:  # the events are stored all the same; the queue keeps them
+            log.exception("evaluation at ingest failed; the evaluator will retry")
+            return None
+        listeners = list(self.on_evaluated)
+        if not listeners:
+            return None
+
+        def report() -> None:
+            done = self.clock.now()
+            waits = [done - claim.queued_at for claim in claimed.values()]
+            for listener in listeners:
+                listener(waits)
+
+        return report
+
+    def _try_lock(self, conn: Connection, key: int, *, shared: bool = False) -> bool:
+        function = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
+        got = conn.exec_driver_sql(f"SELECT {function}(%(k)s)", {"k": key}).scalar()
+        return bool(got)
+
+    def _try_lock_contact(self, conn: Connection, contact_id: int) -> bool:
+        got = conn.exec_driver_sql(
+            "SELECT pg_try_advisory_xact_lock(%(a)s, %(b)s)",
+            {"a": CONTACT_LOCK, "b": contact_id % 2_147_483_647},
+        ).scalar()
+        return bool(got)
+
     def _arrived(
         self, conn: Connection, claimed: dict[int, queue.Claim]
     ) -> dict[int, set[tuple[str, str]]]:
@@ -240,7 +294,7 @@ class Engine:
             return _Result(reg)  # nothing to evaluate: the batch only leaves the queue
         env = reg.env(now, self.computed_state(conn))
         evaluate = Evaluator(env)
-        facts = load_facts(conn, ids, event_names=reg.event_names, now=now)
+        facts = load_facts(conn, ids, event_names=reg.event_names, now=now, parts=reg.fact_parts)
         result = _Result(reg, dropped=[i for i in ids if i not in facts])
         arrived = arrived or {}
         for contact in facts.values():
@@ -268,18 +322,15 @@ class Engine:
         env = evaluate.env
         moved: set[str] = set()
         state_changed = False
+        touched = None if arrived is None else reg.touched(frozenset(arrived))
         for round_ in range(2):
             for key in reg.order:
                 if key in failed or (round_ == 1 and key not in reg.uses_state):
                     continue
-                reads = reg.reads[key]
-                if not (
-                    arrived is None
-                    or reads.touched_by(arrived)
-                    or reads.segments & moved
-                    or (reads.state and state_changed)
-                ):
-                    continue
+                if touched is not None and key not in touched:
+                    reads = reg.reads[key]
+                    if not ((moved and reads.segments & moved) or (reads.state and state_changed)):
+                        continue
                 try:
                     member = evaluate(reg.segments[key].where, facts)
                 except Exception as exc:  # one broken segment must not stop the others
@@ -445,7 +496,9 @@ class Engine:
                 env = reg.env(now, self.computed_state(conn))
                 evaluate = Evaluator(env)
                 changes = Changes()
-                for facts in load_facts(conn, chunk, event_names=reg.event_names, now=now).values():
+                for facts in load_facts(
+                    conn, chunk, event_names=reg.event_names, now=now, parts=reg.fact_parts
+                ).values():
                     for key, scoring in reg.score_models.items():
                         result = scoring.score(facts, evaluate)
                         now_score = (result.score, result.temperature)

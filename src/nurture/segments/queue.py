@@ -76,6 +76,19 @@ def claim(conn: Connection, limit: int, *, lock: bool = True) -> dict[int, Claim
     }
 
 
+def claims_of(conn: Connection, contact_ids: Iterable[int]) -> dict[int, Claim]:
+    """The queue rows of these contacts (those queued), without locking them: for the
+    transaction that queued them and evaluates them itself (`Engine.evaluate_at_ingest`)."""
+    p = t.pending_evaluations.c
+    ids = sorted(set(contact_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(p.contact_id, p.queued_at, p.seq, p.full).where(one_of(conn, p.contact_id, ids))
+    )
+    return {row.contact_id: Claim(row.queued_at, row.seq, bool(row.full)) for row in rows}
+
+
 def arrivals(conn: Connection, contact_ids: list[int]) -> dict[int, set[tuple[str, str]]]:
     """The (type, name) pairs of the events that arrived for these queued contacts."""
     a = t.pending_arrivals.c

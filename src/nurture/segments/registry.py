@@ -7,12 +7,12 @@ problem (the engine marks it failed); the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nurture.conditions.computed import ComputedTrait, parse_computed
+from nurture.conditions.computed import Clv, ComputedTrait, parse_computed
 from nurture.conditions.env import Env
 from nurture.conditions.model import (
     ComputedCondition,
@@ -51,7 +51,7 @@ class Reads:
     segments: frozenset[str]
     state: bool  # stages or scores
 
-    def touched_by(self, arrived: set[tuple[str, str]]) -> bool:
+    def touched_by(self, arrived: Set[tuple[str, str]]) -> bool:
         """Can events of these (type, name) pairs change the result?"""
         if self.any_event and arrived:
             return True
@@ -78,7 +78,12 @@ class Registry:
     uses_state: set[str] = field(default_factory=set)
     event_names: set[tuple[str, str]] = field(default_factory=set)
     reads: dict[str, Reads] = field(default_factory=dict)
+    # The optional parts of a contact's facts (facts.OPTIONAL_PARTS) some definition reads.
+    fact_parts: frozenset[str] = frozenset()
     version: int = 0
+    _touched: dict[frozenset[tuple[str, str]], frozenset[str]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def build(cls, stored: Iterable[StoredDefinition], version: int = 0) -> Registry:
@@ -164,6 +169,29 @@ class Registry:
             self.event_names |= trait.event_names()
         for scoring in self.score_models.values():
             self.event_names |= scoring.references().events
+        self.fact_parts = self._fact_parts()
+
+    def touched(self, arrived: frozenset[tuple[str, str]]) -> frozenset[str]:
+        """The segments whose result events of these (type, name) pairs can change
+        (`Reads.touched_by`), remembered per set: a round meets few distinct sets."""
+        found = self._touched.get(arrived)
+        if found is None:
+            found = frozenset(k for k, reads in self.reads.items() if reads.touched_by(arrived))
+            if len(self._touched) < 10_000:
+                self._touched[arrived] = found
+        return found
+
+    def _fact_parts(self) -> frozenset[str]:
+        parts: set[str] = set()
+        for _, condition in self.conditions():
+            for node in walk(condition):
+                if isinstance(node, ConsentCondition):
+                    parts.add("consents")
+                if isinstance(node, StageCondition) and node.ever:
+                    parts.add("stages_ever")
+        if any(isinstance(trait, Clv) for trait in self.computed.values()):
+            parts.add("clv")
+        return frozenset(parts)
 
     def reference_problem(self, condition: Condition) -> str | None:
         """Why `condition` cannot be evaluated here (a missing segment, ...), or None."""

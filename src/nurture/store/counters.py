@@ -3,15 +3,18 @@ they tell other processes that something changed (definitions, evaluation state)
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from nurture.store import tables as t
 from nurture.store.bulk import upsert_rows
 
+# Built once: counters are read several times in every round of real-time evaluation.
+_VALUE = select(t.meta.c.value).where(t.meta.c.key == bindparam("key"))
+
 
 def counter(conn: Connection, key: str) -> int:
     """The counter's value; 0 before it was first raised."""
-    value = conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+    value = conn.execute(_VALUE, {"key": key}).scalar()
     return int(value) if value is not None else 0
 
 
