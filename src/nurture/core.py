@@ -86,7 +86,7 @@ class Nurture:
             self.db, self.clock, self.link_secret, confirm_ttl=self.policy.confirm_expires
         )
         self.rejected = RejectedStore(self.db, self)
-        self.engine = Engine(self.db, self.clock)
+        self.engine = Engine(self.db, self.clock, threads=self.settings.evaluation_threads)
         self.segments = SegmentService(self.db, self.clock, self.engine)
         self.lifecycle = LifecycleService(self.db, self.clock, self.engine)
         self.journey_runtime = JourneyRuntime(

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     evaluation_batch: int = Field(
         500, ge=1, description="Most contacts evaluated in one transaction after their events"
     )
+    evaluation_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Segments a population run evaluates at once (0: one per CPU core, at most 4)",
+    )
     evaluate_at_ingest: int = Field(
         200,
         ge=0,

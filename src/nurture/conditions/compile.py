@@ -131,9 +131,6 @@ class SqlCompiler:
             return value.compare_number(op, x)
         if op in ("contains", "starts_with", "ends_with"):
             return self._text_operator(value, op, x)
-        at = value.time()
-        if at is None:
-            return false()
         low_us: int | None
         high_us: int | None
         if op == "within_last":
@@ -146,14 +143,7 @@ class SqlCompiler:
             low_us, high_us = x.resolve_us(self.now_us) + 1, None
         else:
             raise AssertionError(f"unhandled operator {op}")
-        exact = []
-        if low_us is not None:
-            exact.append(at >= self.b.at(low_us))
-        if high_us is not None:
-            exact.append(at <= self.b.at(high_us))
-        prefilter = value.time_prefilter(low_us, high_us)
-        # The prefilter first: parsing dates (nurture_ts) costs far more than comparing.
-        return definite(and_(*([prefilter] if prefilter is not None else []), *exact))
+        return value.time_between(low_us, high_us)
 
     def _text_operator(self, value: ValueRef, op: str, x: Any) -> Bool:
         text = value.text()

@@ -125,6 +125,20 @@ class ValueRef:
         pass too), run before the exact but costly date parsing; None when there is none."""
         return None
 
+    def time_between(self, low_us: int | None, high_us: int | None) -> Bool:
+        """The value is a date within [low, high] (a bound of None: no bound)."""
+        at = self.time()
+        if at is None:
+            return false()
+        exact = []
+        if low_us is not None:
+            exact.append(at >= self.backend.at(low_us))
+        if high_us is not None:
+            exact.append(at <= self.backend.at(high_us))
+        prefilter = self.time_prefilter(low_us, high_us)
+        # The prefilter first: parsing dates (nurture_ts) costs far more than comparing.
+        return definite(and_(*([prefilter] if prefilter is not None else []), *exact))
+
 
 def _date_text(us: int, days: int) -> str:
     moment = _EPOCH + timedelta(microseconds=us) + timedelta(days=days)
@@ -247,6 +261,34 @@ class JsonValue(ValueRef):
                 self._is_text(), _text_prefilter(self.text(), low_us, high_us, self.backend.sqlite)
             ),
             and_(self._is_number(), *seconds),
+        )
+
+    def time_between(self, low_us: int | None, high_us: int | None) -> Bool:
+        if not self.backend.sqlite:
+            return super().time_between(low_us, high_us)
+        # SQLite (before 3.45) parses the document again for every json_type and
+        # json_extract, and the tests above take about ten of them per row. Walking the
+        # parent object once with json_each reads the value's type and SQL value together:
+        # one parse (measured on 1M contacts' traits: 3.3 s against 1.4 s).
+        parent = "$" + "".join(f'."{part}"' for part in self.parts[:-1])
+        node = func.json_each(self.doc, parent).table_valued("key", "type", "atom")
+        kind, atom = node.c.type, node.c.atom
+        text = and_(kind == "text", _text_prefilter(atom, low_us, high_us, True))
+        seconds = [kind == "integer"]
+        if low_us is not None:
+            seconds.append(atom >= self.backend.number(low_us // 1_000_000 - 1))
+        if high_us is not None:
+            seconds.append(atom <= self.backend.number(high_us // 1_000_000 + 1))
+        at = func.nurture_ts(atom)
+        exact = []
+        if low_us is not None:
+            exact.append(at >= self.backend.at(low_us))
+        if high_us is not None:
+            exact.append(at <= self.backend.at(high_us))
+        return exists(
+            select(1)
+            .select_from(node)
+            .where(node.c.key == self.parts[-1], or_(text, and_(*seconds)), *exact)
         )
 
     def same_as(self, other: JsonValue) -> Bool:

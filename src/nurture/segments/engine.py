@@ -24,8 +24,10 @@ real-time evaluation decided with newer data.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,6 +51,7 @@ from nurture.store import Database
 from nurture.store import tables as t
 from nurture.store.bulk import one_of, upsert_rows
 from nurture.store.counters import counter, raise_counter
+from nurture.store.hints import unindexed
 
 log = logging.getLogger("nurture.segments")
 
@@ -107,9 +110,11 @@ class EvaluationReport:
 class Engine:
     """Evaluates definitions for contacts; thread-safe, one per process."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, threads: int = 0) -> None:
         self.db = db
         self.clock = clock
+        # Segments a population run evaluates at once (0: one per core, at most 4).
+        self.threads = threads or min(4, os.cpu_count() or 1)
         self._registry = Registry()
         self._registry.version = -1
         self._lock = threading.Lock()
@@ -386,12 +391,34 @@ class Engine:
         ]
         first = [k for k in reg.order if k not in reg.uses_state]
         later = [k for k in reg.order if k in reg.uses_state]
-        for key in first:
-            report.segments.append(self.evaluate_segment(key))
+        report.segments += self._evaluate_segments(reg, first)
         report.score_changes, report.stage_changes = self._evaluate_state()
-        for key in later:
-            report.segments.append(self.evaluate_segment(key))
+        report.segments += self._evaluate_segments(reg, later)
         return report
+
+    def _evaluate_segments(self, reg: Registry, keys: list[str]) -> list[SegmentResult]:
+        """`evaluate_segment` for each of `keys` (in dependency order), `self.threads` at
+        a time: each query runs in its own snapshot on a core of its own (the drivers
+        release the GIL while the database works), writes take turns, and a segment
+        starts once the segments it uses are written. Results in the order of `keys`."""
+        if self.threads <= 1 or len(keys) <= 1:
+            return [self.evaluate_segment(key) for key in keys]
+        wanted = set(keys)
+        uses = {key: reg.reads[key].segments & wanted for key in keys}
+        done: dict[str, SegmentResult] = {}
+        pending = list(keys)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="nurture-segment") as pool:
+            running: dict[Future[SegmentResult], str] = {}
+            while pending or running:
+                for key in [k for k in pending if uses[k] <= done.keys()]:
+                    if len(running) >= self.threads:
+                        break
+                    pending.remove(key)
+                    running[pool.submit(self.evaluate_segment, key)] = key
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done[running.pop(future)] = future.result()
+        return [done[key] for key in keys]
 
     def refresh_computed_state(self) -> None:
         """Recompute the population values computed traits share (RFM quintile bounds)."""
@@ -653,7 +680,10 @@ def _changed_since(conn: Connection, newest_event: int) -> set[int]:
     time on both backends, so event ids grow in commit order and "newer than the snapshot"
     is "id above its newest". Evaluation's own system events change no data."""
     e = t.events.c
-    query = select(e.contact_id).where(e.id > newest_event, e.type != "system").distinct()
+    # SQLite would otherwise read the whole (contact_id, timestamp) index for DISTINCT
+    # (0.57 s on 10M events) instead of the few rows after `newest_event` (4 ms).
+    contact = unindexed(conn.dialect.name, e.contact_id)
+    query = select(contact).where(e.id > newest_event, e.type != "system").distinct()
     return set(conn.execute(query).scalars())
 
 
