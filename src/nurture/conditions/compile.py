@@ -124,9 +124,9 @@ class SqlCompiler:
         if op == "ne":
             return not_(value.equals(x))
         if op == "in":
-            return or_(false(), *(value.equals(item) for item in x))
+            return value.equals_any(x)
         if op == "not_in":
-            return not_(or_(false(), *(value.equals(item) for item in x)))
+            return not_(value.equals_any(x))
         if op in ("gt", "gte", "lt", "lte", "between"):
             return value.compare_number(op, x)
         if op in ("contains", "starts_with", "ends_with"):

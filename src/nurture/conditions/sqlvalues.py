@@ -109,6 +109,10 @@ class ValueRef:
     def compare_number(self, op: str, value: Any) -> Bool:
         return false()
 
+    def equals_any(self, values: list[Any]) -> Bool:
+        """Equal to one of `values` (never NULL)."""
+        return or_(false(), *(self.equals(item) for item in values))
+
     def text(self) -> ColumnElement[Any] | None:
         """The value as text when it is a string (else NULL); None if it never is."""
         return None
@@ -216,6 +220,28 @@ class JsonValue(ValueRef):
     def compare_number(self, op: str, value: Any) -> Bool:
         return number_comparison(self.number_value(), op, value, self.backend)
 
+    def equals_any(self, values: list[Any]) -> Bool:
+        if not self.backend.sqlite:
+            return super().equals_any(values)
+        # One `json_extract(...) IN (...)`, one parse of the document, for the values
+        # whose equality needs nothing but the extracted value (see `equals`): strings
+        # that are no JSON text of an object or array, numbers other than 0 and 1.
+        plain: list[Any] = []
+        tests: list[Bool] = []
+        for v in values:
+            if (isinstance(v, str) and not v.startswith(("[", "{"))) or (
+                isinstance(v, int | float) and not isinstance(v, bool) and v not in (0, 1)
+            ):
+                plain.append(v)
+            else:
+                tests.append(self.equals(v))
+        if plain:
+            items = [
+                literal(v, String) if isinstance(v, str) else self.backend.number(v) for v in plain
+            ]
+            tests.append(definite(self.value.in_(items)))
+        return or_(false(), *tests)
+
     def text(self) -> ColumnElement[Any]:
         return case((self._is_text(), self.value))
 
@@ -321,6 +347,10 @@ class TextColumn(ValueRef):
         if isinstance(value, str):
             return definite(self.column == literal(value, String))
         return false()
+
+    def equals_any(self, values: list[Any]) -> Bool:
+        strings = [literal(v, String) for v in values if isinstance(v, str)]
+        return definite(self.column.in_(strings)) if strings else false()
 
     def text(self) -> ColumnElement[Any]:
         return self.column
