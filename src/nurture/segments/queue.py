@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,22 +39,36 @@ def queue_evaluations(
     ]
     if not rows:
         return
-    module = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(t.pending_evaluations)
-    # Keep the first queued_at: a contact with constant traffic keeps its place in line.
-    # The update still takes the row lock, which is what orders us after an evaluator.
-    p = t.pending_evaluations.c
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["contact_id"],
-        set_={"queued_at": p.queued_at, "seq": p.seq + 1, "full": or_(p.full, stmt.excluded.full)},
-    )
-    conn.execute(stmt, rows)
+    conn.execute(_upsert(conn.dialect.name), rows)
     # After the queue rows (whose lock orders us after a running evaluation): what arrived.
     names = [
         {"contact_id": c, "type": kind, "event": name} for c, kind, name in sorted(set(arrived))
     ]
     if names:
         insert_rows(conn, t.pending_arrivals, names, ignore_conflicts=True)
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """The queue's upsert, built once per backend (it runs in every ingest transaction)."""
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        module: Any = postgresql if dialect == "postgresql" else sqlite
+        stmt = module.insert(t.pending_evaluations)
+        # Keep the first queued_at: a contact with constant traffic keeps its place in
+        # line. The update still takes the row lock, which orders us after an evaluator.
+        p = t.pending_evaluations.c
+        stmt = _UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=["contact_id"],
+            set_={
+                "queued_at": p.queued_at,
+                "seq": p.seq + 1,
+                "full": or_(p.full, stmt.excluded.full),
+            },
+        )
+    return stmt
 
 
 @dataclass(frozen=True, slots=True)
