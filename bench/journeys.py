@@ -5,7 +5,8 @@ event's message reaches the outbox, how late timers fire, and what a worker hold
   due now; the time until every one has run its first step. On SQLite `JourneyRuntime.run_due`
   runs in a loop in this process (`--workers 0`, the default there; `--profile` records it
   with pyinstrument); with `--workers K` (the default on PostgreSQL: 4) K `nurture worker
-  --no-segments` processes do the work.
+  --no-segments --no-dispatch --no-rollups` processes do the work (`--full-workers`: without
+  the last two flags, so that the workers also send every message and refresh the rollups).
 - `queue`: a bare claim-and-complete queue on SQLite for scale (sqlite3, no SQLAlchemy): the
   same number of jobs, claimed and marked done 500 per transaction, and one per transaction.
 - `inbox`: triggering events queued by ingest, then consumed by `process_inbox` alone and
@@ -14,7 +15,9 @@ event's message reaches the outbox, how late timers fire, and what a worker hold
   and the evaluator thread, as `nurture serve` runs them); events go through `Nurture.ingest`
   at a steady 1,000/s, each triggers a journey whose only step sends. Latency = the commit
   of the transaction that wrote the outbox row (seen by a `JourneyRuntime.on_steps`
-  callback) minus the moment `ingest` returned.
+  callback) minus the moment `ingest` returned. The contacts are identified first, then
+  (PostgreSQL) ANALYZE, as in a database in use; the CPU per event of this process and of
+  its PostgreSQL backends is noted.
 - `timers`: 100,000 enrolments due spread evenly over one minute of wall clock, run by
   `nurture worker --no-segments` processes (1 on SQLite, 4 on PostgreSQL); lateness =
   `journey_steps.executed_at` minus the enrolment's `due_at`.
@@ -59,6 +62,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from bench.harness import NURTURE, FreshDatabase, RssSampler, fresh_database, log, nurture_env
+from nurture.background import settle_heap
 from nurture.clock import Clock, SystemClock
 from nurture.core import Nurture
 from nurture.settings import Settings
@@ -236,15 +240,20 @@ def remaining(db: Database, cutoff: datetime) -> int:
 
 
 @contextmanager
-def workers(fdb: FreshDatabase, count: int, **settings: str | int) -> Iterator[list[psutil.Popen]]:
-    """`count` `nurture worker --no-segments` processes on `fdb` until the block ends."""
+def workers(
+    fdb: FreshDatabase, count: int, *, only_journeys: bool = False, **settings: str | int
+) -> Iterator[list[psutil.Popen]]:
+    """`count` `nurture worker --no-segments` processes on `fdb` until the block ends;
+    `only_journeys`: with `--no-dispatch --no-rollups` too (the worker then runs journeys
+    alone, not also sending each message and refreshing the report's rollups)."""
     env = nurture_env(fdb, project_dir=str(fdb.workdir / "project"), **settings)
+    flags = ["--no-dispatch", "--no-rollups"] if only_journeys else []
     procs = []
     for k in range(count):
         with (fdb.workdir / f"worker-{k}.log").open("wb") as out:
             procs.append(
                 psutil.Popen(
-                    [NURTURE, "worker", "--no-segments"],
+                    [NURTURE, "worker", "--no-segments", *flags],
                     env=env,
                     cwd=fdb.workdir,
                     stdout=out,
@@ -311,9 +320,12 @@ def bench_steps(
     profile: Path | None,
     synchronous: str,
     analyze: bool,
+    full_workers: bool = False,
 ) -> list[Row]:
     target = 10_000 if backend == "sqlite" else 20_000
     label = f"{backend}, " + (f"{processes} worker processes" if processes else "run_due loop")
+    if processes:
+        label += " (also dispatching, rollups)" if full_workers else " (journeys only)"
     settings: dict[str, str | int] = {"journey_batch": batch}
     if backend == "sqlite":
         settings["sqlite_synchronous"] = synchronous
@@ -322,7 +334,9 @@ def bench_steps(
         seeded(fdb, enrolments, due_at=_recently(SystemClock().now()), analyze=analyze)
         cutoff = SystemClock().now()
         if processes:
-            seconds, ran, notes = _steps_by_workers(fdb, cutoff, processes, settings)
+            seconds, ran, notes = _steps_by_workers(
+                fdb, cutoff, processes, settings, only_journeys=not full_workers
+            )
         else:
             seconds, ran, notes = _steps_in_process(fdb, settings, max_seconds, profile)
         db = Database(fdb.url)
@@ -367,6 +381,7 @@ def drain(
 ) -> Drained:
     """Call `work` until it returns 0 (or `max_seconds` pass), profiled with pyinstrument
     into `profile` (text, and HTML beside it) when given."""
+    settle_heap()  # as a worker does before its loops start (nurture.background)
     process = psutil.Process()
     profiler = None
     if profile is not None:
@@ -395,23 +410,46 @@ def _steps_in_process(
 ) -> tuple[float, int, list[str]]:
     nurture = open_nurture(fdb, **settings)
     try:
+        server_before = server_cpu_seconds(nurture.db, own=True)
         drained = drain(nurture.journey_runtime.run_due, max_seconds=max_seconds, profile=profile)
+        server_after = server_cpu_seconds(nurture.db, own=True)
     finally:
         nurture.stop()
     notes = drained.notes("step")
+    if server_before is not None and server_after is not None:
+        # This process's PostgreSQL backends (its pool's connections live through the run).
+        server = server_after - server_before
+        notes.append(
+            f"its PostgreSQL backends' CPU {server / drained.seconds:.2f} cores, "
+            f"{server / max(drained.done, 1) * 1e6:.0f} µs per step"
+        )
     if drained.seconds >= max_seconds:
         notes.append(f"stopped after {max_seconds:.0f} s")
     return drained.seconds, drained.done, notes
 
 
 def _steps_by_workers(
-    fdb: FreshDatabase, cutoff: datetime, processes: int, settings: dict[str, str | int]
+    fdb: FreshDatabase,
+    cutoff: datetime,
+    processes: int,
+    settings: dict[str, str | int],
+    *,
+    only_journeys: bool,
 ) -> tuple[float, int, list[str]]:
     db = Database(fdb.url)
     try:
         launched = time.monotonic()
-        with workers(fdb, processes, **settings) as procs, ExitStack() as stack:
+        with (
+            workers(fdb, processes, only_journeys=only_journeys, **settings) as procs,
+            ExitStack() as stack,
+        ):
             samplers = [stack.enter_context(RssSampler(p.pid)) for p in procs]
+            # The CPU spent once the steps run, without the workers' start-up (imports,
+            # migrations check: seconds of CPU each, a fixed cost, not a cost per step).
+            while not (early := count(db, t.journey_steps)):
+                time.sleep(0.05)
+            early_cpu = sum(s.cpu_seconds() for s in samplers)
+            early_server = server_cpu_seconds(db)
             ended = wait_until_done(db, cutoff, procs, timeout=1800)
             cpu = sum(s.cpu_seconds() for s in samplers)
             server_cpu = server_cpu_seconds(db)
@@ -420,29 +458,33 @@ def _steps_by_workers(
         db.dispose()
     span = (last - first).total_seconds()
     wall = ended - launched
+    steady = ran - early
     notes = [
         f"seconds from the first to the last executed_at; {ran / wall:,.0f} steps/s "
         f"over {wall:.1f} s counting the workers' start-up",
-        f"workers' CPU {cpu / wall:.2f} cores, {cpu / ran * 1e6:.0f} µs per step",
+        f"workers' CPU {cpu / wall:.2f} cores, {cpu / ran * 1e6:.0f} µs per step "
+        f"with their start-up, {(cpu - early_cpu) / steady * 1e6:.0f} µs per step after it",
         f"peak RSS per worker ≤ {max(s.peak_mb for s in samplers):.0f} MB",
     ]
-    if server_cpu is not None:
+    if server_cpu is not None and early_server is not None:
         notes.append(
             f"the workers' PostgreSQL backends' CPU {server_cpu / wall:.2f} cores, "
-            f"{server_cpu / ran * 1e6:.0f} µs per step"
+            f"{server_cpu / ran * 1e6:.0f} µs per step, "
+            f"{(server_cpu - early_server) / steady * 1e6:.0f} µs per step after the start-up"
         )
     return span, ran, notes
 
 
-def server_cpu_seconds(db: Database) -> float | None:
+def server_cpu_seconds(db: Database, *, own: bool = False) -> float | None:
     """CPU time of the PostgreSQL backends connected to `db` now (they live as long as
-    the workers' connection pools): the server's share of the work."""
+    the workers' connection pools): the server's share of the work. `own`: counting the
+    backend that asks (in-process runs, whose pool reuses it for the work)."""
     if db.is_sqlite:
         return None
     with db.read() as conn:
         pids = conn.exec_driver_sql(
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            + ("" if own else " AND pid <> pg_backend_pid()")
         ).scalars()
         total = 0.0
         for pid in pids:
@@ -591,12 +633,20 @@ def bench_latency(
                     ]
                 )
             time.sleep(2)  # let the evaluator finish with the identifies
+            # The planner's statistics of a database in use (see `seeded`): with those of
+            # empty tables, lookups of a round's contacts read every contact.
+            analyze_tables(nurture.db)
+            process = psutil.Process()
+            cpu_before = sum(process.cpu_times()[:2])
+            server_before = server_cpu_seconds(nurture.db, own=True)
             sent, elapsed, calls = _steady(
                 nurture, clock, returned, rate=rate, seconds=seconds, users=users
             )
             deadline = time.monotonic() + 60
             while count(nurture.db, t.outbox) < sent and time.monotonic() < deadline:
                 time.sleep(0.1)
+            cpu = sum(process.cpu_times()[:2]) - cpu_before
+            server_after = server_cpu_seconds(nurture.db, own=True)
             o, n = t.outbox.c, t.enrolments.c
             with nurture.db.read() as conn:
                 written = conn.execute(
@@ -620,6 +670,13 @@ def bench_latency(
         f"{len(written):,} of {sent:,} events had their message in the outbox",
         f"max {max(total, default=0):.0f} ms",
         "evaluator thread " + ("on" if evaluator else "off"),
+        f"CPU per event (this process: ingest, every background thread, the load "
+        f"itself) {cpu / sent * 1e6:.0f} µs"
+        + (
+            ""
+            if server_before is None or server_after is None
+            else f", its PostgreSQL backends {(server_after - server_before) / sent * 1e6:.0f} µs"
+        ),
         f"the ingest call itself p50 {_quantile(calls, 0.5):.0f}, "
         f"p99 {_quantile(calls, 0.99):.0f} ms",
         "stages, p50/p99 ms: ingest returned → inbox round began (enrolments.entered_at) "
@@ -806,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch", type=int, default=500, help="NURTURE_JOURNEY_BATCH")
     parser.add_argument(
+        "--full-workers",
+        action="store_true",
+        help="steps: workers also dispatch the messages and refresh rollups (default: "
+        "--no-dispatch --no-rollups, the steps alone)",
+    )
+    parser.add_argument(
         "--synchronous", choices=("FULL", "NORMAL"), default="FULL", help="steps on SQLite"
     )
     parser.add_argument(
@@ -845,6 +908,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile=_named(args.profile, "steps"),
                 synchronous=args.synchronous,
                 analyze=analyze,
+                full_workers=args.full_workers,
             )
         elif name == "queue":
             with fresh_database("sqlite") as fdb:

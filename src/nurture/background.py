@@ -3,8 +3,26 @@ to be woken (after a commit that may have made work) or for its poll interval.""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+
+_settled = threading.Lock()
+_heap_settled = False
+
+
+def settle_heap() -> None:
+    """Once per process, before its loops start: collect, then move every object left
+    (modules, definitions, compiled statements: they live as long as the process) out of
+    the garbage collector's sight (`gc.freeze`). Otherwise each full collection walks
+    that whole heap again, triggered every few thousand due steps by their short-lived
+    rows: measured ~18 µs of CPU per step, in pauses that hold every thread."""
+    global _heap_settled
+    with _settled:
+        if not _heap_settled:
+            gc.collect()
+            gc.freeze()
+            _heap_settled = True
 
 
 class BackgroundLoop:
@@ -28,6 +46,7 @@ class BackgroundLoop:
 
     def start(self) -> BackgroundLoop:
         if self._thread is None:
+            settle_heap()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()

@@ -51,12 +51,20 @@ class Happened:
 
 def interest(journey: Journey) -> set[tuple[str, str]]:
     """The (type, name) of every event the journey reacts to."""
-    out: set[tuple[str, str]] = set()
+    out = reactions(journey)
     trigger = journey.trigger
     if isinstance(trigger, EventTrigger):
         out.add((trigger.type, trigger.event))
     elif isinstance(trigger, SegmentTrigger):
         out.add(("system", f"segment.{trigger.on}"))
+    return out
+
+
+def reactions(journey: Journey) -> set[tuple[str, str]]:
+    """The (type, name) of the events that may act on the journey's enrolments: its
+    goal, exit rules and waits (a name `*`: any event of the type). Other events can
+    only start enrolments."""
+    out: set[tuple[str, str]] = set()
     matches: list[EventMatch] = [journey.goal] if journey.goal is not None else []
     for rule in journey.exit:
         if isinstance(rule, SegmentExit):

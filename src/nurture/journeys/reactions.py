@@ -26,7 +26,7 @@ from nurture.journeys.model import (
     WaitStep,
 )
 from nurture.store import tables as t
-from nurture.store.bulk import insert_many_returning, one_of
+from nurture.store.bulk import insert_batch_returning, one_of
 
 if TYPE_CHECKING:
     from nurture.journeys.runtime import JourneyRuntime
@@ -60,6 +60,8 @@ class Reactions:
             queued = conn.execute(select(i.id, i.message_id).order_by(i.id).limit(limit)).all()
             if not queued:
                 return 0, []
+            # Not joined to the inbox in one query: a queue's statistics are those of the
+            # moment it was last analyzed, and the join then reads every event (measured).
             ids = [q.message_id for q in queued]
             found = {
                 r.message_id: Happened(
@@ -72,17 +74,30 @@ class Reactions:
                 )
             }
             holds = self.rt.holds_for(conn, now)
-            journeys = self.rt.versions.journeys(conn)
+            # Events no goal, exit rule or wait names can only start enrolments.
+            journeys, acting = self.rt.versions.journeys_and_reactions(conn)
+
+            def acts(event: Happened) -> bool:
+                return (event.type, event.name) in acting or (event.type, "*") in acting
+
+            reacting = any(acts(event) for event in found.values())
             ids = sorted({event.contact_id for event in found.values()})
             contacts = self.rt.contacts(conn, ids)
             c = t.contacts.c
-            # Enrolments of contacts merged into these still carry their old ids.
+            # Enrolments of contacts merged into these still carry their old ids (only
+            # reactions look for enrolments by contact).
             merged: dict[int, list[int]] = {}
-            for row in conn.execute(
-                select(c.id, c.merged_into).where(one_of(conn, c.merged_into, ids))
-            ):
-                merged.setdefault(row.merged_into, []).append(row.id)
-            history, reachable = self._history(conn, ids, merged)
+            if reacting:
+                for row in conn.execute(
+                    select(c.id, c.merged_into).where(one_of(conn, c.merged_into, ids))
+                ):
+                    merged.setdefault(row.merged_into, []).append(row.id)
+            # The entry history, for reactions and for re-entry rules other than `always`
+            # (a round of events that only enter such journeys reads none).
+            if reacting or self._rules_read_history(conn, journeys):
+                history, reachable = self._history(conn, ids, merged)
+            else:
+                history, reachable = {}, set()
             fresh: list[int] = []
             # On PostgreSQL entries are inserted together (one round trip), before anything
             # reads the enrolments of a contact with one waiting, and at the end.
@@ -91,7 +106,9 @@ class Reactions:
 
             def flush() -> None:
                 if pending:
-                    fresh.extend(insert_many_returning(conn, t.enrolments, pending, returning="id"))
+                    fresh.extend(
+                        insert_batch_returning(conn, t.enrolments, pending, returning="id")
+                    )
                     pending.clear()
                     waiting.clear()
 
@@ -100,7 +117,7 @@ class Reactions:
                 if event is None:  # an erased contact's events are gone: nothing to do
                     continue
                 who = [event.contact_id, *merged.get(event.contact_id, [])]
-                if any(cid in reachable for cid in who):
+                if acts(event) and any(cid in reachable for cid in who):
                     if waiting.intersection(who):
                         flush()
                     self._react(conn, event, who, now, holds(event.contact_id))
@@ -126,8 +143,22 @@ class Reactions:
             conn.execute(delete(t.journey_inbox).where(i.id <= queued[-1].id))
             # First steps that are due now run in this transaction (a send, a branch): no
             # round trip through the due-step claim before the first message.
-            timing = self.rt.run_entered(conn, fresh, now)
+            timing = self.rt.run_entered(conn, fresh, now, contacts)
         return len(queued), timing
+
+    def _rules_read_history(self, conn: Connection, journeys: dict[str, Any]) -> bool:
+        """Does an event or segment trigger enter a journey whose re-entry rule reads
+        the contact's entry history (any but `always`)?"""
+        for key, row in journeys.items():
+            if row.status != "active" or row.version is None:
+                continue
+            journey = self.rt.journey(conn, key, row.version)
+            if (
+                isinstance(journey.trigger, EventTrigger | SegmentTrigger)
+                and journey.entry.reentry != "always"
+            ):
+                return True
+        return False
 
     @staticmethod
     def _history(

@@ -42,7 +42,7 @@ from nurture.segments.engine import Engine
 from nurture.segments.queue import queue_evaluations
 from nurture.store import Database
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows, one_of, update_rows
+from nurture.store.bulk import insert_batch, insert_rows, one_of, update_batch
 from nurture.webhooks import WebhookCaller, WebhookOutcome, WebhookRequest, backoff
 
 log = logging.getLogger("nurture.journeys")
@@ -61,7 +61,7 @@ class Options:
 class _Writes:
     """What one transaction of due steps writes."""
 
-    moves: list[dict[str, Any]] = field(default_factory=list)
+    moves: list[dict[str, Any]] = field(default_factory=list)  # enrolments: `_key` is the id
     steps: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -105,17 +105,14 @@ class JourneyRuntime:
         wanted = sorted(set(ids))
         if not wanted:
             return out
-        for row in conn.execute(
-            select(c.id, c.user_id, c.email, c.phone, c.timezone, c.traits, c.merged_into).where(
-                one_of(conn, c.id, wanted)
-            )
-        ):
-            if row.merged_into is not None:
-                merged[row.id] = row.merged_into
+        query = select(c.id, c.user_id, c.email, c.phone, c.timezone, c.traits, c.merged_into)
+        for id_, user_id, email, phone, tz, traits, merged_into in conn.execute(
+            query.where(one_of(conn, c.id, wanted))
+        ).all():
+            if merged_into is not None:
+                merged[id_] = merged_into
             else:
-                out[row.id] = ip.Contact(
-                    row.id, row.timezone, row.email, row.phone, row.user_id, row.traits or {}
-                )
+                out[id_] = ip.Contact(id_, tz, email, phone, user_id, traits or {})
         survivors = self.contacts(conn, sorted(set(merged.values()) - set(out)))
         out.update(survivors)
         for old, new in merged.items():
@@ -126,17 +123,24 @@ class JourneyRuntime:
     def holds_for(
         self, conn: Connection, now: datetime
     ) -> Callable[[int], Callable[[Condition], bool]]:
-        """A condition tester per contact, facts loaded once per contact and call."""
-        registry = self.segments.registry(conn)
-        evaluator = Evaluator(registry.env(now, self.segments.computed_state(conn)))
+        """A condition tester per contact, facts loaded once per contact and call; the
+        definitions are read when a first condition is tested (most steps test none)."""
+        evaluators: list[Evaluator] = []
         cache: dict[int, ContactFacts | None] = {}
+
+        def evaluator() -> Evaluator:
+            if not evaluators:
+                registry = self.segments.registry(conn)
+                env = registry.env(now, self.segments.computed_state(conn))
+                evaluators.append(Evaluator(env))
+            return evaluators[0]
 
         def for_contact(contact_id: int) -> Callable[[Condition], bool]:
             def holds(condition: Condition) -> bool:
                 if contact_id not in cache:
                     cache[contact_id] = load_facts(conn, [contact_id], now=now).get(contact_id)
                 facts = cache[contact_id]
-                return facts is not None and evaluator.holds(condition, facts)
+                return facts is not None and evaluator().holds(condition, facts)
 
             return holds
 
@@ -187,7 +191,7 @@ class JourneyRuntime:
             journeys = self.versions.journeys(conn)
             held = [k for k, r in journeys.items() if r.status == "paused"]
             n = t.enrolments.c
-            query = select(t.enrolments).where(n.status == "active", n.due_at <= now)
+            query = select(*_CLAIMED).where(n.status == "active", n.due_at <= now)
             if held:
                 query = query.where(n.journey_key.not_in(held))
             query = query.order_by(n.due_at).limit(limit)
@@ -210,10 +214,13 @@ class JourneyRuntime:
         now: datetime,
         calls: list[tuple[ip.Enrolment, Journey, ip.Contact]],
         timing: list[tuple[datetime, datetime]],
+        contacts: dict[int, ip.Contact] | None = None,
     ) -> None:
-        """Run the current step of each enrolment row (claimed by the caller), writing
-        every result in the caller's transaction; HTTP calls are leased into `calls`."""
-        contacts = self.contacts(conn, [r.contact_id for r in rows])
+        """Run the current step of each enrolment row (claimed by the caller, `_CLAIMED`
+        columns), writing every result in the caller's transaction; HTTP calls are leased
+        into `calls`. `contacts`: the rows' contacts, when the caller has loaded them."""
+        if contacts is None:
+            contacts = self.contacts(conn, [r.contact_id for r in rows])
         holds = self.holds_for(conn, now)
         winners = self.winners.bind(conn, now)
         writes = _Writes()
@@ -255,12 +262,17 @@ class JourneyRuntime:
         self._write(conn, writes, now)
 
     def run_entered(
-        self, conn: Connection, ids: list[int], now: datetime
+        self,
+        conn: Connection,
+        ids: list[int],
+        now: datetime,
+        contacts: dict[int, ip.Contact] | None = None,
     ) -> list[tuple[datetime, datetime]]:
         """Run the first step of enrolments just entered in this transaction, when it is
         due now and is not an HTTP call: an event's first message is written in the
         transaction that consumed the event, without waiting for the next round. Returns
-        (due, ran) of each step run."""
+        (due, ran) of each step run. `contacts`: theirs, when the caller has them (by
+        id, as `contacts` returns them)."""
         timing: list[tuple[datetime, datetime]] = []
         if not ids:
             return timing
@@ -268,7 +280,7 @@ class JourneyRuntime:
         rows = [
             row
             for row in conn.execute(
-                select(t.enrolments).where(
+                select(*_CLAIMED).where(
                     one_of(conn, n.id, ids), n.status == "active", n.due_at <= now
                 )
             )
@@ -277,7 +289,9 @@ class JourneyRuntime:
         ]
         if rows:
             calls: list[tuple[ip.Enrolment, Journey, ip.Contact]] = []
-            self._run_rows(conn, rows, now, calls, timing)
+            if contacts is not None and any(r.contact_id not in contacts for r in rows):
+                contacts = None  # not the caller's contacts after all: read them
+            self._run_rows(conn, rows, now, calls, timing, contacts)
             assert not calls
         return timing
 
@@ -342,7 +356,7 @@ class JourneyRuntime:
         if transition.score is not None:
             writes.events.append(_points_event(enrolment, contact.id, transition.score, now))
         move = {
-            "id": enrolment.id,
+            "_key": enrolment.id,
             "contact_id": contact.id,
             "step": transition.step,
             "due_at": transition.due_at,
@@ -359,19 +373,16 @@ class JourneyRuntime:
 
     def _write(self, conn: Connection, writes: _Writes, now: datetime) -> None:
         if writes.steps:
-            insert_rows(conn, t.journey_steps, writes.steps)
+            insert_batch(conn, t.journey_steps, writes.steps)
         if writes.outbox:
-            insert_rows(conn, t.outbox, writes.outbox, ignore_conflicts=True)
+            insert_batch(conn, t.outbox, writes.outbox, ignore_conflicts=True)
+        # One UPDATE per shape of move (its keys, in the order each kind of move lists
+        # them): a batch of sends is one statement.
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for move in writes.moves:
-            by_shape.setdefault(tuple(sorted(move)), []).append(move)
+            by_shape.setdefault(tuple(move), []).append(move)
         for moves in by_shape.values():
-            update_rows(
-                conn,
-                t.enrolments,
-                "id",
-                [{"_key": m["id"], **{k: v for k, v in m.items() if k != "id"}} for m in moves],
-            )
+            update_batch(conn, t.enrolments, "id", moves)
         if writes.updates:
             self._write_traits(conn, writes.updates, now)
         if writes.events:
@@ -491,25 +502,38 @@ class JourneyRuntime:
                 self._write(conn, writes, now)
 
 
-def _enrolment(row: Any) -> ip.Enrolment:
-    return ip.Enrolment(
-        id=row.id,
-        journey_key=row.journey_key,
-        version=row.version,
-        contact_id=row.contact_id,
-        step=row.step,
-        due_at=row.due_at,
-        seq=row.seq,
-        attempts=row.attempts,
-        control=row.control,
-        context=dict(row.context or {}),
-        entered_at=row.entered_at,
-        status=row.status,
+# What running a step reads of an enrolment (`_enrolment`).
+_CLAIMED = tuple(
+    t.enrolments.c[name]
+    for name in (
+        "id",
+        "journey_key",
+        "version",
+        "contact_id",
+        "step",
+        "due_at",
+        "seq",
+        "attempts",
+        "control",
+        "context",
+        "entered_at",
+        "status",
     )
+)
+
+
+def _enrolment(row: Any) -> ip.Enrolment:
+    """An enrolment from a row of the `_CLAIMED` columns (in their order)."""
+    id_, key, version, contact, step, due, seq, attempts, control, context, entered, status = row
+    return ip.Enrolment(
+        id_, key, version, contact, step, due, seq, attempts, control, dict(context or {}),
+        entered, status,
+    )  # fmt: skip
 
 
 def _position(enrolment: ip.Enrolment) -> dict[str, Any]:
-    return {"id": enrolment.id, "contact_id": enrolment.contact_id}
+    """What every move of an enrolment sets: `_key` is its id (`bulk.update_rows`)."""
+    return {"_key": enrolment.id, "contact_id": enrolment.contact_id}
 
 
 def _ended(enrolment: ip.Enrolment, status: str, reason: str, now: datetime) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, func, select, update
 
 from nurture.errors import NotFound, ValidationError
+from nurture.journeys.matching import reactions
 from nurture.journeys.model import Journey, dump_journey, parse_journey
 from nurture.store import tables as t
 from nurture.store.counters import counter, raise_counter
@@ -171,6 +172,7 @@ class Versions:
         self._cache: dict[tuple[str, int], Journey] = {}
         self._lock = threading.Lock()
         self._status: tuple[int, dict[str, JourneyRow]] = (-1, {})
+        self._reactions: tuple[int, frozenset[tuple[str, str]]] = (-1, frozenset())
 
     def get(self, conn: Connection, key: str, version: int) -> Journey:
         with self._lock:
@@ -185,9 +187,10 @@ class Versions:
             self._cache[(key, version)] = journey
         return journey
 
-    def journeys(self, conn: Connection) -> dict[str, JourneyRow]:
-        """Every journey by key, re-read only when one was published or changed status."""
-        now = counter(conn, COUNTER)
+    def journeys(self, conn: Connection, now: int | None = None) -> dict[str, JourneyRow]:
+        """Every journey by key, re-read only when one was published or changed status.
+        `now`: the change counter, when the caller has just read it."""
+        now = counter(conn, COUNTER) if now is None else now
         with self._lock:
             if self._status[0] == now:
                 return self._status[1]
@@ -195,3 +198,28 @@ class Versions:
         with self._lock:
             self._status = (now, rows)
         return rows
+
+    def journeys_and_reactions(
+        self, conn: Connection
+    ) -> tuple[dict[str, JourneyRow], frozenset[tuple[str, str]]]:
+        """`journeys` and `reactions`, the change counter read once."""
+        now = counter(conn, COUNTER)
+        return self.journeys(conn, now), self.reactions(conn, now)
+
+    def reactions(self, conn: Connection, now: int | None = None) -> frozenset[tuple[str, str]]:
+        """(type, name) of the events that may act on an enrolment of any version ever
+        published (`matching.reactions`; a name `*`: any of the type), re-read when one
+        is published. An event not among them can only start enrolments. `now`: the
+        change counter, when the caller has just read it."""
+        now = counter(conn, COUNTER) if now is None else now
+        with self._lock:
+            if self._reactions[0] == now:
+                return self._reactions[1]
+        v = t.journey_versions.c
+        found: set[tuple[str, str]] = set()
+        for key, version in conn.execute(select(v.journey_key, v.version)).all():
+            found |= reactions(self.get(conn, key, version))
+        result = frozenset(found)
+        with self._lock:
+            self._reactions = (now, result)
+        return result
