@@ -20,7 +20,9 @@ def test_config_show_masks_secrets(cli_url: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("NURTURE_SECRET_KEY", "s3cr3t")
     result = runner.invoke(app, ["config", "show", "--json"])
     assert result.exit_code == 0, result.output
-    shown = json.loads(result.output)
+    # stdout alone: the runner captures stderr process-wide, where a server thread another
+    # test left behind once printed a broken-pipe traceback in the middle of this run.
+    shown = json.loads(result.stdout)
     assert shown["secret_key"] == "***" and "s3cr3t" not in result.output
     assert shown["port"] == 8000
 

@@ -6,7 +6,7 @@ evaluator compares exactly what the SQL compiler compares.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +81,14 @@ class ContactFacts:
         if since_us is not None and events and events[0].at < since_us:
             return events[bisect_left(events, since_us, key=_at) :]
         return events
+
+
+def count_between(events: list[EventFact], since_us: int | None, until_us: int) -> int:
+    """How many of `events` (in time order) are at `since_us` (None: any time) or later
+    and at `until_us` or earlier: two binary searches."""
+    high = bisect_right(events, until_us, key=_at)
+    low = 0 if since_us is None else bisect_left(events, since_us, key=_at)
+    return max(0, high - low)
 
 
 def _at(event: EventFact) -> int:

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Any, assert_never
 
 from nurture.conditions.env import Env
-from nurture.conditions.facts import TEXT_COLUMNS, TIME_COLUMNS, ContactFacts, EventFact
+from nurture.conditions.facts import (
+    TEXT_COLUMNS,
+    TIME_COLUMNS,
+    ContactFacts,
+    EventFact,
+    count_between,
+)
 from nurture.conditions.model import (
     ALL_TOPICS,
     AggregateCondition,
@@ -245,12 +251,14 @@ class Evaluator:
                 since = (
                     None if condition.within_last is None else now - window(condition.within_last)
                 )
-                count = sum(
-                    1
-                    for _ in matching(
+                if condition.where:
+                    found = matching(
                         facts, condition.event, condition.type, condition.where, now, since
                     )
-                )
+                    count = sum(1 for _ in found)
+                else:  # no property to test: count by time alone
+                    named = facts.named(condition.type, condition.event)
+                    count = count_between(named, since, now)
                 low, high = condition.bounds
                 return (low is None or count >= low) and (high is None or count <= high)
             case AggregateCondition():

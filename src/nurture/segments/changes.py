@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert
+from sqlalchemy import Connection, Table, delete, func, insert, select
 
 from nurture.journeys.inbox import offer as offer_to_journeys
 from nurture.store import tables as t
@@ -180,6 +180,16 @@ def apply(conn: Connection, changes: Changes, now: datetime) -> None:
 
 def _history(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list[int]:
     """Insert history rows; their ids, in the order given."""
+    if conn.dialect.name == "sqlite":
+        # RETURNING in the rows' order runs one INSERT per row on SQLite (42 statements in
+        # a real-time transaction of 20 contacts). The caller holds the single write lock,
+        # so the ids are those SQLite itself would give, one above the highest, and are
+        # known before one executemany stores the rows.
+        top = conn.execute(select(func.max(table.c.id))).scalar()
+        first = int(top or 0) + 1
+        ids = list(range(first, first + len(rows)))
+        insert_rows(conn, table, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+        return ids
     result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
     return [int(i) for i in result.scalars()]
 
