@@ -9,6 +9,7 @@ that `not` means the same in SQL as in Python. The semantics are those of
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,14 +135,35 @@ class ValueRef:
         at = self.time()
         if at is None:
             return false()
-        exact = []
-        if low_us is not None:
-            exact.append(at >= self.backend.at(low_us))
-        if high_us is not None:
-            exact.append(at <= self.backend.at(high_us))
+        exact = _between(at, low_us, high_us, self.backend.at)
         prefilter = self.time_prefilter(low_us, high_us)
         # The prefilter first: parsing dates (nurture_ts) costs far more than comparing.
         return definite(and_(*([prefilter] if prefilter is not None else []), *exact))
+
+
+def _between(
+    value: ColumnElement[Any],
+    low: int | None,
+    high: int | None,
+    bound: Callable[[int], ColumnElement[Any]],
+) -> list[Bool]:
+    """`value >= bound(low)` and `value <= bound(high)`, for the bounds that are given."""
+    tests: list[Bool] = []
+    if low is not None:
+        tests.append(value >= bound(low))
+    if high is not None:
+        tests.append(value <= bound(high))
+    return tests
+
+
+def _seconds_between(
+    value: ColumnElement[Any], low_us: int | None, high_us: int | None, backend: Backend
+) -> list[Bool]:
+    """A number of seconds since 1970 that can be a date in [low, high] (a second's
+    slack either side): the prefilter of numeric dates."""
+    low = None if low_us is None else low_us // 1_000_000 - 1
+    high = None if high_us is None else high_us // 1_000_000 + 1
+    return _between(value, low, high, backend.number)
 
 
 def _date_text(us: int, days: int) -> str:
@@ -276,12 +298,7 @@ class JsonValue(ValueRef):
         return func.nurture_ts(self.node)
 
     def time_prefilter(self, low_us: int | None, high_us: int | None) -> Bool:
-        seconds: list[Bool] = []
-        number = self.number_value()
-        if low_us is not None:
-            seconds.append(number >= self.backend.number(low_us // 1_000_000 - 1))
-        if high_us is not None:
-            seconds.append(number <= self.backend.number(high_us // 1_000_000 + 1))
+        seconds = _seconds_between(self.number_value(), low_us, high_us, self.backend)
         return or_(
             and_(
                 self._is_text(), _text_prefilter(self.text(), low_us, high_us, self.backend.sqlite)
@@ -300,17 +317,8 @@ class JsonValue(ValueRef):
         node = func.json_each(self.doc, parent).table_valued("key", "type", "atom")
         kind, atom = node.c.type, node.c.atom
         text = and_(kind == "text", _text_prefilter(atom, low_us, high_us, True))
-        seconds = [kind == "integer"]
-        if low_us is not None:
-            seconds.append(atom >= self.backend.number(low_us // 1_000_000 - 1))
-        if high_us is not None:
-            seconds.append(atom <= self.backend.number(high_us // 1_000_000 + 1))
-        at = func.nurture_ts(atom)
-        exact = []
-        if low_us is not None:
-            exact.append(at >= self.backend.at(low_us))
-        if high_us is not None:
-            exact.append(at <= self.backend.at(high_us))
+        seconds = [kind == "integer", *_seconds_between(atom, low_us, high_us, self.backend)]
+        exact = _between(func.nurture_ts(atom), low_us, high_us, self.backend.at)
         return exists(
             select(1)
             .select_from(node)

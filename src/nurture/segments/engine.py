@@ -197,10 +197,9 @@ class Engine:
             return None
         try:
             with conn.begin_nested():
-                if not self.db.is_sqlite:
-                    if not self._try_lock(conn, EVALUATION_LOCK, shared=True):
-                        return None
-                    contact_ids = {c for c in contact_ids if self._try_lock_contact(conn, c)}
+                if not self._lock_evaluation(conn, shared=True, wait=False):
+                    return None
+                contact_ids = set(self._lock_contacts(conn, sorted(contact_ids), wait=False))
                 claimed = queue.claims_of(conn, contact_ids)
                 if not claimed:
                     return None
@@ -222,18 +221,6 @@ class Engine:
 
         return report
 
-    def _try_lock(self, conn: Connection, key: int, *, shared: bool = False) -> bool:
-        function = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
-        got = conn.exec_driver_sql(f"SELECT {function}(%(k)s)", {"k": key}).scalar()
-        return bool(got)
-
-    def _try_lock_contact(self, conn: Connection, contact_id: int) -> bool:
-        got = conn.exec_driver_sql(
-            "SELECT pg_try_advisory_xact_lock(%(a)s, %(b)s)",
-            {"a": CONTACT_LOCK, "b": contact_id % 2_147_483_647},
-        ).scalar()
-        return bool(got)
-
     def _arrived(
         self, conn: Connection, claimed: dict[int, queue.Claim]
     ) -> dict[int, set[tuple[str, str]]]:
@@ -249,19 +236,34 @@ class Engine:
     def _bump_epoch(self, conn: Connection) -> None:
         raise_counter(conn, _EPOCH)
 
-    def _lock_evaluation(self, conn: Connection, *, shared: bool = False) -> None:
+    def _lock_evaluation(
+        self, conn: Connection, *, shared: bool = False, wait: bool = True
+    ) -> bool:
         """PostgreSQL: the evaluation lock for the rest of this transaction, shared by
-        real-time batches, exclusive for population writes. SQLite's write lock suffices."""
-        if not self.db.is_sqlite:
-            function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-            conn.exec_driver_sql(f"SELECT {function}(%(k)s)", {"k": EVALUATION_LOCK})
+        real-time batches, exclusive for population writes; with `wait=False` only if it
+        is free now. Whether it is held. SQLite's write lock suffices."""
+        if self.db.is_sqlite:
+            return True
+        function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+        function += "_shared" if shared else ""
+        got = conn.exec_driver_sql(f"SELECT {function}(%(k)s)", {"k": EVALUATION_LOCK}).scalar()
+        return got is not False  # the waiting functions return nothing
 
-    def _lock_contacts(self, conn: Connection, ids: list[int]) -> None:
+    def _lock_contacts(self, conn: Connection, ids: list[int], *, wait: bool = True) -> list[int]:
+        """PostgreSQL: each contact's lock for the rest of this transaction (with
+        `wait=False`, those free now); the contacts locked. SQLite's write lock suffices."""
+        if self.db.is_sqlite:
+            return ids
+        function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+        locked = []
         for contact_id in sorted(ids):  # one order everywhere: no deadlocks
-            conn.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(%(a)s, %(b)s)",
+            got = conn.exec_driver_sql(
+                f"SELECT {function}(%(a)s, %(b)s)",
                 {"a": CONTACT_LOCK, "b": contact_id % 2_147_483_647},
-            )
+            ).scalar()
+            if got is not False:
+                locked.append(contact_id)
+        return locked
 
     def _write(self, conn: Connection, result: _Result, ids: list[int], now: datetime) -> None:
         """Write the results of `ids` and take them off the queue."""
@@ -517,8 +519,7 @@ class Engine:
             chunk = candidates[i : i + batch]
             with self.db.write() as conn:
                 self._lock_evaluation(conn)
-                if not self.db.is_sqlite:
-                    self._lock_contacts(conn, chunk)
+                self._lock_contacts(conn, chunk)
                 reg = self.registry(conn)
                 env = reg.env(now, self.computed_state(conn))
                 evaluate = Evaluator(env)
