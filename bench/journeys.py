@@ -277,13 +277,24 @@ def workers(
                 log(f"worker {k} exited with {code}: {text}")
 
 
+def any_due(db: Database, cutoff: datetime) -> bool:
+    """Whether an active enrolment due at or before `cutoff` is left: the first entry of
+    the partial index (0.04 ms). `remaining` counts them all: on PostgreSQL, a million
+    due enrolments are counted by a parallel sequential scan, ~0.1 s on three processes,
+    and the poll every 0.2 s took CPU from the workers being measured."""
+    n = t.enrolments.c
+    with db.read() as conn:
+        query = select(n.id).where(n.status == "active", n.due_at <= cutoff).limit(1)
+        return conn.execute(query).first() is not None
+
+
 def wait_until_done(
     db: Database, cutoff: datetime, procs: list[psutil.Popen], timeout: float
 ) -> float:
     """Poll until no enrolment due by `cutoff` is left; returns the monotonic end time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not remaining(db, cutoff):
+        if not any_due(db, cutoff):
             return time.monotonic()
         for proc in procs:
             if proc.poll() is not None:

@@ -308,6 +308,29 @@ def test_versions_are_reported_apart_and_can_be_chosen(rows: Rows) -> None:
     assert one(only.table("steps").rows, step="bye")["waiting"] == 1
 
 
+def test_step_runs_of_a_version_without_a_definition_are_counted(rows: Rows) -> None:
+    # Given runs of version 1's steps, and one of a version 9 the journey never published
+    # (rows written by hand: the exact count groups by the known versions, then falls back)
+    runs = [(1, "hello", 0), (1, "hello", 1), (1, "text", 2), (9, "hello", 3)]
+    with rows.db.write() as conn:
+        for version, step, seq in runs:
+            conn.execute(insert(t.journey_steps).values(
+                enrolment_id=1, seq=seq, journey_key="welcome", version=version, step=step,
+                contact_id=1, outcome="ran", executed_at=T0 + timedelta(minutes=seq),
+            ))  # fmt: skip
+    # When the report counts the rows, and when it adds up the rollups
+    exact = journey_report(rows.db, "welcome", exact=True)
+    rolled = journey_report(rows.db, "welcome")
+    # Then every run is counted, by its version and step, and both say the same
+    counted = {(r["version"], r["step"]): r["runs"] for r in exact.table("steps").rows}
+    assert {k: n for k, n in counted.items() if n} == {
+        (1, "hello"): 2,
+        (1, "text"): 1,
+        (9, "hello"): 1,
+    }
+    assert rolled.to_json() == exact.to_json()
+
+
 def test_the_messages_report_across_journeys_and_by_template(rows: Rows) -> None:
     e = rows.enrolment(T0)
     rows.message(e, "delivered", T0)

@@ -5,7 +5,7 @@ a property test holds the two to the same stored text, row for row, on both back
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -60,7 +60,18 @@ values = {
     "n": st.sampled_from([None, 0, 1, -7, 2**31 - 1]),
     "amount": st.sampled_from([None, 0.0, 1.0, 2.5, -3.0, 1e-9]),
     "flag": st.sampled_from([None, True, False]),
-    "at": st.sampled_from([None, T0, T0 + timedelta(microseconds=1), T0 + timedelta(days=1)]),
+    # T0 twice more: an equal copy, and the same instant in another zone (a column of
+    # equal instants is converted once and sent once).
+    "at": st.sampled_from(
+        [
+            None,
+            T0,
+            T0 + timedelta(microseconds=1),
+            T0 + timedelta(days=1),
+            T0 + timedelta(0),
+            T0.astimezone(timezone(timedelta(hours=2))),
+        ]
+    ),
     "doc": st.sampled_from(
         [None, {}, {"a": 1}, {"a": 1.0}, {"trigger": None, "wait": {"step": "s"}}, [1, "x"]]
     ),

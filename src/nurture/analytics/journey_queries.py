@@ -39,6 +39,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from nurture.conditions.computed import DAY_US
 from nurture.messages.feedback import by_machine
 from nurture.store import tables as t
+from nurture.store.hints import unindexed
 from nurture.store.types import to_microseconds
 
 # Statuses of a message whose send was recorded (messages/feedback.py RECORDED).
@@ -146,13 +147,19 @@ def bounds(
     return min(found), max(found)
 
 
-def _journey(c: Any, scope: Scope, journey: Any = ...) -> list[ColumnElement[bool]]:
+def _journey(
+    c: Any, scope: Scope, journey: Any = ..., column: Any = None
+) -> list[ColumnElement[bool]]:
+    """The scope's journey (or `journey`; None: messages outside journeys) and version
+    (and template, of messages). `column`: the journey key column as written (default
+    `c.journey_key`)."""
     out: list[ColumnElement[bool]] = []
     key = scope.journey if journey is ... else journey
+    column = c.journey_key if column is None else column
     if key is not None:
-        out.append(c.journey_key == key)
+        out.append(column == key)
     elif journey is None:  # messages sent outside journeys
-        out.append(c.journey_key.is_(None))
+        out.append(column.is_(None))
     if scope.version is not None:
         out.append(c.version == scope.version)
     if scope.template is not None and c is t.outbox.c:
@@ -257,27 +264,48 @@ def ended(conn: Connection, scope: Scope) -> Sequence[Any]:
 def waiting(conn: Connection, scope: Scope) -> Sequence[Any]:
     """(version, step, control, count) of enrolments active now, by the step they are at."""
     n = t.enrolments.c
+    # Through the (journey_key, status) index: ix_enrolments_ended holds ended ones only,
+    # so that a step moving an enrolment on adds no entry to it (migration 0015).
+    # Grouped by step first: grouped by version first, SQLite reads the journey's every
+    # enrolment through ix_enrolments_entered, which leads with the version (measured on
+    # 1M enrolments: 150 ms against 22 ms).
     query = (
         select(n.version, n.step, n.control, func.count().label("n"))
         .where(*_journey(n, scope), n.status == "active")
-        # The order of ix_enrolments_ended (an active enrolment has no end_reason): streamed.
-        .group_by(n.end_reason, n.step, n.version, n.control)
+        .group_by(n.step, n.version, n.control)
     )
     return conn.execute(query).all()
 
 
 def step_runs(conn: Connection, scope: Scope, steps: list[tuple[int, str]]) -> list[Any]:
     """(version, step, runs) of steps executed in the range: for a range, one count per
-    known step over its (journey_key, version, step, executed_at) index range; for all
-    time, one pass over that index."""
+    known step and version over its (journey_key, step, executed_at, version) index
+    range; for all time, one pass over that index, grouped by step in its order with a
+    count per known version (a GROUP BY step and version would sort every run on SQLite)."""
     s = t.journey_steps.c
     if scope.start is None and scope.end is None:
-        query = (
-            select(s.version, s.step, func.count().label("n"))
+        versions = sorted({version for version, _ in steps})
+        counts = [count_if(s.version == v).label(f"v{i}") for i, v in enumerate(versions)]
+        others = count_if(s.version.not_in(versions)) if versions else func.count()
+        by_step = (
+            select(s.step, others.label("others"), *counts)
             .where(*_journey(s, scope), *scope.within(s.executed_at))
-            .group_by(s.version, s.step)
+            .group_by(s.step)
         )
-        return list(conn.execute(query).all())
+        rows = conn.execute(by_step).all()
+        if any(r.others for r in rows):  # runs of a version without a definition
+            query = (
+                select(s.version, s.step, func.count().label("n"))
+                .where(*_journey(s, scope), *scope.within(s.executed_at))
+                .group_by(s.version, s.step)
+            )
+            return list(conn.execute(query).all())
+        return [
+            SimpleNamespace(version=v, step=r.step, n=getattr(r, f"v{i}"))
+            for r in rows
+            for i, v in enumerate(versions)
+            if getattr(r, f"v{i}")
+        ]
     out = []
     for version, step in steps:
         count = select(func.count()).where(
@@ -295,26 +323,12 @@ def messages(conn: Connection, scope: Scope, journeys: list[str | None]) -> list
     """(message keys, sent, unsent, lo, hi) per journey, version, step, template, variant,
     channel and status: `sent` in the range (status recorded), `unsent` created in the
     range and not sent (queued, skipped, failed; a message being sent counts by the moment
-    it was claimed); lo and hi bound the ids of the sent ones. For all time one pass over
-    the message index, in its order; for a range, ranges of the (journey_key, sent_at)
-    index, per journey."""
+    it was claimed); lo and hi bound the ids of the sent ones. Per journey, the messages
+    sent and the ones not sent apart, each through its partial index: for all time, the
+    sent ones in the order of the message index (no sort); for a range, a range of the
+    (journey_key, sent_at) index."""
     o = t.outbox.c
     keys = [getattr(o, k) for k in MESSAGE_KEYS]
-    if scope.start is None and scope.end is None:
-        sent = and_(o.sent_at.is_not(None), o.status.in_(RECORDED))
-        unsent = or_(o.sent_at.is_(None), o.status == "sending")
-        query = (
-            select(
-                *keys,
-                count_if(sent).label("sent"),
-                count_if(unsent).label("unsent"),
-                func.min(case((sent, o.id), else_=None)).label("lo"),
-                func.max(case((sent, o.id), else_=None)).label("hi"),
-            )
-            .where(*_journey(o, scope))
-            .group_by(*keys)
-        )
-        return [r for r in conn.execute(query) if r.sent or r.unsent]
     found: dict[tuple[Any, ...], SimpleNamespace] = {}
 
     def add(query: Select[Any]) -> None:
@@ -345,17 +359,24 @@ def messages(conn: Connection, scope: Scope, journeys: list[str | None]) -> list
             .where(*where, *scope.within(o.sent_at), o.status.in_((*RECORDED, "sending")))
             .group_by(*keys)
         )
+        # Not sent: through the partial index of those (ix_outbox_unsent). On SQLite the
+        # journey is written unindexed and left out of the GROUP BY (it is one value
+        # here), or the planner, with statistics or without, may read every message of the
+        # journey through (journey_key, step) (measured on 3M messages: 1.5-1.8 s against
+        # 0.02 s for 7 days, 0.4 s for all time).
+        unsent = _journey(o, scope, journey, unindexed(conn.dialect.name, o.journey_key))
         not_sent = literal(False).label("sent_at_set")
         add(
             select(
-                *keys,
+                func.min(o.journey_key).label("journey_key"),
+                *keys[1:],
                 not_sent,
                 func.count().label("n"),
                 literal(None).label("lo"),
                 literal(None).label("hi"),
             )
-            .where(*where, o.sent_at.is_(None), *scope.within(o.created_at))
-            .group_by(*keys)
+            .where(*unsent, o.sent_at.is_(None), *scope.within(o.created_at))
+            .group_by(*keys[1:])
         )
     return list(found.values())
 

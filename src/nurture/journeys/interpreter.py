@@ -124,12 +124,12 @@ def arrive(
     if not isinstance(step, WaitStep):
         return now
     context["wait"] = {"step": step.id, "since": now.isoformat()}
-    tz = localtime.zone(contact.timezone, default_tz)
     if step.for_ is not None:
         return now + step.for_
     if step.until_event is not None:
         assert step.timeout is not None
         return now + step.timeout
+    tz = localtime.zone(contact.timezone, default_tz)  # only windows and dates are local
     if step.until_window is not None:
         return step.until_window.window().next_open(now, tz)
     if step.until_date is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -218,18 +219,48 @@ def _batch_columns(
     rows: Sequence[dict[str, Any]], columns: tuple[str, ...], procs: tuple[Processor, ...]
 ) -> tuple[list[list[Any]], tuple[bool, ...]]:
     """Each column's converted values, and whether it is the same in every row (then
-    only its first value is sent); at least one column is sent as an array."""
+    only its first value is sent); at least one column is sent as an array. A column
+    whose values are one object, or equal ones of a plain type, is converted once (a
+    batch of steps has the same time in every row); the others are converted, then
+    compared (equal JSON texts are sent once)."""
+    n = len(rows)
     out: list[list[Any]] = []
+    same: list[bool] = []
     for name, proc in zip(columns, procs, strict=True):
         values = [row[name] for row in rows]
-        if proc is not None:
-            values = [None if v is None else proc(v) for v in values]
+        if n > 1 and _all_same(values):
+            out.append(_converted(values[:1], proc))
+            same.append(True)
+            continue
+        values = _converted(values, proc)
         out.append(values)
-    n = len(rows)
-    same = [n > 1 and values.count(values[0]) == n for values in out]
+        same.append(n > 1 and values.count(values[0]) == n)
     if all(same):
         same[0] = False
+        out[0] = _converted([row[columns[0]] for row in rows], procs[0])
     return out, tuple(same)
+
+
+def _converted(values: list[Any], proc: Processor) -> list[Any]:
+    if proc is None:
+        return values
+    return [None if v is None else proc(v) for v in values]
+
+
+# Types whose equal values are stored the same (not floats: -0.0 == 0.0; not JSON: 1 == 1.0).
+_BY_VALUE = frozenset({str, int, bool, datetime})
+
+
+def _all_same(values: list[Any]) -> bool:
+    """Whether every value is stored as the first is: the same object, or an equal one
+    of the same type among `_BY_VALUE` (equal aware datetimes are the same instant)."""
+    first = values[0]
+    if all(v is first for v in values):
+        return True
+    kind = type(first)
+    if kind not in _BY_VALUE or values.count(first) != len(values):
+        return False
+    return all(type(v) is kind for v in values)
 
 
 def _cast(dialect: Dialect, table: Table, name: str) -> str:

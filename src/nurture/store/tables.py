@@ -411,7 +411,6 @@ journey_steps = Table(
     Column("outcome", String(200), nullable=False),
     Column("executed_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("enrolment_id", "seq"),
-    Index(None, "journey_key", "step", "executed_at"),
     Index(None, "contact_id"),
 )
 
@@ -456,7 +455,14 @@ outbox = Table(
     Index(None, "status", "send_after"),
     Index(None, "contact_id", "channel", "sent_at"),
     Index(None, "journey_key", "step"),
-    Index(None, "provider_id"),
+    # Feedback finds its message by the provider's id; a queued message has none, and a
+    # due step inserting one adds no entry here (migration 0015).
+    Index(
+        None,
+        "provider_id",
+        sqlite_where=text("provider_id IS NOT NULL"),
+        postgresql_where=text("provider_id IS NOT NULL"),
+    ),
     # Messages not sent, by when they were made (the rollups count them so).
     Index(
         "ix_outbox_unsent",
@@ -658,6 +664,12 @@ EVALUATION_BY_CONTACT = (
 # -- analytics: covering indexes for journey and message metrics (migration 0012) -------
 # Each report query reads one of these instead of its table, grouping by its leading
 # columns so that SQLite streams instead of sorting (analytics/journey_queries.py).
+# Those of rows a due step does not write (converted or ended enrolments, sent messages)
+# are partial (migration 0015): a step, which updates its enrolment and inserts a
+# message, adds no entry to them.
+_CONVERTED = text("converted_at IS NOT NULL")
+_ENDED = text("ended_at IS NOT NULL")
+_SENT = text("sent_at IS NOT NULL")
 Index(
     "ix_enrolments_entered",
     enrolments.c.journey_key,
@@ -672,6 +684,8 @@ Index(
     enrolments.c.converted_at,
     enrolments.c.control,
     enrolments.c.revenue,
+    sqlite_where=_CONVERTED,
+    postgresql_where=_CONVERTED,
 )
 Index(
     "ix_enrolments_ended",
@@ -682,13 +696,16 @@ Index(
     enrolments.c.version,
     enrolments.c.control,
     enrolments.c.ended_at,
+    sqlite_where=_ENDED,
+    postgresql_where=_ENDED,
 )
+# Steps run, per step and time (the rollups' ranges, experiments), with the version.
 Index(
     "ix_journey_steps_runs",
     journey_steps.c.journey_key,
-    journey_steps.c.version,
     journey_steps.c.step,
     journey_steps.c.executed_at,
+    journey_steps.c.version,
 )
 Index(
     "ix_outbox_journey_message",
@@ -702,6 +719,8 @@ Index(
     outbox.c.sent_at,
     outbox.c.created_at,
     outbox.c.id,
+    sqlite_where=_SENT,
+    postgresql_where=_SENT,
 )
 Index(
     "ix_outbox_journey_sent",
@@ -715,6 +734,8 @@ Index(
     outbox.c.channel,
     outbox.c.created_at,
     outbox.c.id,
+    sqlite_where=_SENT,
+    postgresql_where=_SENT,
 )
 Index("ix_message_feedback_outbox_type", message_feedback.c.outbox_id, message_feedback.c.type)
 # -- end of analytics indexes ------------------------------------------------------------
