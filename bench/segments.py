@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import random
 import resource
 import statistics
@@ -261,7 +262,7 @@ def bench_realtime(
         # Wired as `nurture serve` wires it (core.Nurture with background=True): the
         # ingest transaction evaluates its contacts, the runner whatever it leaves.
         runner = EvaluationRunner(nurture.engine, refresh_seconds=0, batch=500)
-        nurture.writer.on_commit.append(runner.notify)
+        nurture.writer.on_queued.append(runner.notify)
         if at_ingest:
             nurture.writer.in_transaction.append(
                 functools.partial(nurture.engine.evaluate_at_ingest, limit=at_ingest)
@@ -294,6 +295,21 @@ def bench_realtime(
             warmed = len(pool)
             print(f"warmed {warmed:,} contacts in {time.monotonic() - started:.0f} s")
             latencies.clear()
+        # Full collections pause every thread; the server's start-up heap is frozen
+        # (`settle_heap`), and so is this benchmark's own list of users, which a running
+        # server would not hold. Pauses still left are counted.
+        gc.collect()
+        gc.freeze()
+        pauses: list[tuple[int, float]] = []
+        gc_started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+        gc.callbacks.append(on_gc)
         rng = random.Random(7)
         names = ["Logged In", "Feature Used", "Product Viewed", "Product Added", "Order Completed"]
         sent = 0
@@ -320,6 +336,14 @@ def bench_realtime(
             if delay > 0:
                 time.sleep(delay)
         elapsed = time.monotonic() - started
+        gc.callbacks.remove(on_gc)
+        gc.unfreeze()
+        full = [pause for generation, pause in pauses if generation == 2]
+        print(
+            f"garbage collections while sending: {len(pauses):,}, "
+            f"{sum(p for _, p in pauses) * 1000:.0f} ms in all; full: {len(full)}, longest "
+            f"{max(full, default=0) * 1000:.1f} ms"
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with nurture.db.read() as conn:
@@ -332,6 +356,13 @@ def bench_realtime(
         reset(nurture)
         nurture.stop()
     ordered = sorted(latencies)
+    tenth = max(1, len(latencies) // 10)
+    for i in range(0, len(latencies), tenth):
+        part = sorted(latencies[i : i + tenth])
+        print(
+            f"  evaluations {i:>6,}+: p50 {part[len(part) // 2] * 1000:.1f} ms, "
+            f"p99 {part[int(0.99 * len(part))] * 1000:.1f} ms, max {part[-1] * 1000:.1f} ms"
+        )
 
     def pct(p: float) -> float:
         return (

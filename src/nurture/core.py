@@ -131,7 +131,7 @@ class Nurture:
                 refresh_seconds=self.settings.evaluation_refresh_seconds,
                 batch=self.settings.evaluation_batch,
             )
-            self.writer.on_commit.append(self.runner.notify)
+            self.writer.on_queued.append(self.runner.notify)
             if self.settings.evaluate_at_ingest:
                 self.writer.in_transaction.append(
                     partial(self.engine.evaluate_at_ingest, limit=self.settings.evaluate_at_ingest)

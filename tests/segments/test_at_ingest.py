@@ -95,6 +95,34 @@ def test_a_group_larger_than_the_limit_is_left_to_the_evaluator(nurture: Nurture
     assert _queued(nurture) == 0
 
 
+def test_a_contact_queued_before_is_evaluated_on_what_arrived_then_too(
+    nurture: Nurture,
+) -> None:
+    waits: list[timedelta] = []
+    nurture.engine.on_evaluated.append(waits.extend)
+    woken: list[int] = []
+    nurture.writer.on_queued.append(lambda: woken.append(1))
+    # Given three known contacts (a new contact is evaluated on everything)
+    users = ("ann", "bob", "cy")
+    nurture.ingest([{"type": "identify", "userId": user, "traits": {}} for user in users])
+    nurture.engine.evaluate_pending()
+    waits.clear()
+    # And ann's order queued, not evaluated (her batch held three contacts; the limit is 2)
+    nurture.ingest([_order(nurture, user) for user in users])
+    assert _queued(nurture) == 3 and woken == [1, 1]
+    # When, a minute later, she logs in (an event "buyers" does not read)
+    nurture.clock.advance(timedelta(minutes=1))
+    login = {**_order(nurture, "ann"), "event": "Logged In"}
+    nurture.ingest([login])
+    # Then the ingest transaction evaluated her on her queued order as well: she is a
+    # buyer, off the queue, and waited the minute since her order was stored
+    assert _members(nurture) == {"ann"}
+    assert _queued(nurture) == 2
+    assert waits == [timedelta(minutes=1)]
+    # And the evaluator was woken only by the batches that left contacts queued
+    assert woken == [1, 1]
+
+
 def test_an_evaluation_that_fails_leaves_the_events_stored_and_queued(nurture: Nurture) -> None:
     # Given the history table gone (a fault: every membership change fails to be written)
     with nurture.db.write() as conn:

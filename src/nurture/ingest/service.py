@@ -18,7 +18,7 @@ from nurture.contacts.profile import build_profile
 from nurture.ingest.identity import ConcurrentWrite, Resolver
 from nurture.ingest.messages import Message, MessageError, parse_message
 from nurture.journeys.inbox import offer as offer_to_journeys
-from nurture.segments.queue import queue_evaluations
+from nurture.segments.queue import Due, queue_evaluations
 from nurture.store import tables as t
 from nurture.store.bulk import insert_rows, one_of
 
@@ -217,11 +217,12 @@ class IngestStore:
         now: datetime,
         *,
         check: bool = True,
-        queued: set[int] | None = None,
+        due: Due | None = None,
     ) -> set[str]:
         """Store `messages` (already valid); returns the message ids stored now.
         A message whose id is stored already, or repeats earlier in the list, is skipped.
-        The contacts queued for evaluation are added to `queued` when given.
+        The contacts to evaluate are queued, or with `due` added to it: the caller then
+        queues them (`Due.queue`) in this transaction, less those it evaluated itself.
 
         With `check=False` the stored ids are not looked up first: if one turns out to be
         stored already (the insert takes fewer rows than it was given), DuplicateFound is
@@ -286,11 +287,11 @@ class IngestStore:
             for row in rows
         }
         touched = {contact for contact, _, _ in arrived} | set(resolver.merged)
-        queue_evaluations(
-            conn, touched, now, arrived=arrived, full=resolver.renewed | set(resolver.merged)
-        )
-        if queued is not None:
-            queued |= touched
+        full = resolver.renewed | set(resolver.merged)
+        if due is None:
+            queue_evaluations(conn, touched, now, arrived=arrived, full=full)
+        else:
+            due.add(touched, arrived, full)
         return set(unique)
 
     def _store_groups(

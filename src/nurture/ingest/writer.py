@@ -42,6 +42,7 @@ from nurture.ingest.service import (
     ParsedBatch,
     store_rejections,
 )
+from nurture.segments.queue import Due
 from nurture.store import Database
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _RETRIES = 8
 _CHECKED_AFTER_DUPLICATE = 50
 _RECONNECTS = 3  # tries after a lost connection, 0.2 s, 0.4 s, 0.8 s apart
 # A hook run inside each ingest transaction (see `IngestWriter.in_transaction`).
-InTransaction = Callable[[Connection, set[int], datetime], Callable[[], None] | None]
+InTransaction = Callable[[Connection, Due, datetime], Callable[[], None] | None]
 
 LOCK_WAIT = 5.0  # seconds an ingest transaction waits for another writer's lock
 
@@ -83,11 +84,15 @@ class IngestWriter:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._checked_groups = 0
-        # Called after each commit (the evaluator wakes up to evaluate the contacts).
+        # Called after each commit (the journey runner wakes up for what it triggered).
         self.on_commit: list[Callable[[], None]] = []
+        # Called after a commit that queued contacts for evaluation (the evaluator wakes
+        # up for them; contacts the transaction evaluated itself are not queued).
+        self.on_queued: list[Callable[[], None]] = []
         # Called inside each ingest transaction, after its events are stored, with the
-        # contacts it queued for evaluation; what one returns is called after the commit
-        # (`Engine.evaluate_at_ingest`: memberships commit with their events).
+        # contacts due for evaluation; a hook takes those it evaluates, the rest are then
+        # queued. What one returns is called after the commit (`Engine.evaluate_at_ingest`:
+        # memberships commit with their events).
         self.in_transaction: list[InTransaction] = []
 
     def start(self) -> IngestWriter:
@@ -212,14 +217,18 @@ class IngestWriter:
             self.db.lock_identities(conn)
             now = self.clock.now()
             messages = [m for item in group for m in item.batch.messages]
-            queued: set[int] = set()
-            stored = self.store.store(conn, messages, now, check=check, queued=queued)
+            due = Due()
+            stored = self.store.store(conn, messages, now, check=check, due=due)
             for item in group:
                 store_rejections(conn, item.batch.rejections, now)
-            after = [hook(conn, queued, now) for hook in self.in_transaction]
+            after = [hook(conn, due, now) for hook in self.in_transaction]
+            queued = due.queue(conn, now)
         for done in after:
             if done is not None:
                 done()
+        if queued:
+            for listener in self.on_queued:
+                listener()
         results = []
         claimed: set[str] = set()
         for item in group:

@@ -181,41 +181,49 @@ class Engine:
         return len(claimed)
 
     def evaluate_at_ingest(
-        self, conn: Connection, contact_ids: set[int], now: datetime, *, limit: int
+        self, conn: Connection, due: queue.Due, now: datetime, *, limit: int
     ) -> Callable[[], None] | None:
-        """Evaluate, inside the ingest transaction that just stored their events and
-        queued them, up to `limit` contacts, so that their memberships, stages and scores
-        commit with the events; returns what to call once that transaction committed
-        (the `on_evaluated` listeners), or None when it evaluated nothing.
+        """Evaluate, inside the ingest transaction that just stored their events, up to
+        `limit` due contacts, so that their memberships, stages and scores commit with the
+        events; returns what to call once that transaction committed (the `on_evaluated`
+        listeners), or None when it evaluated nothing.
 
-        Contacts it does not evaluate stay queued for the evaluator: a larger group (an
-        import), and on PostgreSQL those another evaluation holds (a population write, a
-        real-time batch), found with try-locks so that ingest never waits for them. Any
-        error rolls back to a savepoint and leaves the contacts queued: the events are
-        stored whatever evaluation does."""
-        if not contact_ids or len(contact_ids) > limit:
+        The contacts it evaluates are taken from `due` and never queued. Those it does not
+        evaluate are queued for the evaluator: a larger group (an import), and on
+        PostgreSQL those another evaluation holds (a population write, a real-time batch),
+        found with try-locks so that ingest never waits for them. Any error rolls back to
+        a savepoint and leaves them all due: the events are stored whatever evaluation does."""
+        if not due.arrived or len(due.arrived) > limit:
             return None
         try:
             with conn.begin_nested():
+                # Contacts queued before (events no evaluation has seen yet) are evaluated on
+                # those too, and leave the queue.
+                earlier = queue.claims_of(conn, due.arrived)
                 if not self._lock_evaluation(conn, shared=True, wait=False):
                     return None
-                contact_ids = set(self._lock_contacts(conn, sorted(contact_ids), wait=False))
-                claimed = queue.claims_of(conn, contact_ids)
-                if not claimed:
+                ids = self._lock_contacts(conn, sorted(due.arrived), wait=False)
+                if not ids:
                     return None
-                ids = sorted(claimed)
-                result = self._evaluate(conn, ids, now, self._arrived(conn, claimed))
-                self._write(conn, result, ids, now)
+                before = queue.arrivals(conn, [c for c in ids if c in earlier])
+                arrived = {
+                    c: due.arrived[c] | before.get(c, set())
+                    for c in ids
+                    if c not in due.full and not (c in earlier and earlier[c].full)
+                }
+                result = self._evaluate(conn, ids, now, arrived)
+                self._write(conn, result, ids, now, queued=[c for c in ids if c in earlier])
         except Exception:  # the events are stored all the same; the queue keeps them
             log.exception("evaluation at ingest failed; the evaluator will retry")
             return None
+        due.take(ids)
         listeners = list(self.on_evaluated)
         if not listeners:
             return None
 
         def report() -> None:
             done = self.clock.now()
-            waits = [done - claim.queued_at for claim in claimed.values()]
+            waits = [done - (earlier[c].queued_at if c in earlier else now) for c in ids]
             for listener in listeners:
                 listener(waits)
 
@@ -265,15 +273,24 @@ class Engine:
                 locked.append(contact_id)
         return locked
 
-    def _write(self, conn: Connection, result: _Result, ids: list[int], now: datetime) -> None:
-        """Write the results of `ids` and take them off the queue."""
+    def _write(
+        self,
+        conn: Connection,
+        result: _Result,
+        ids: list[int],
+        now: datetime,
+        *,
+        queued: list[int] | None = None,
+    ) -> None:
+        """Write the results of `ids` and take them (or of them those `queued`) off the
+        queue."""
         wanted = set(ids)
         changes = Changes(dropped=[i for i in result.dropped if i in wanted])
         for contact_id in ids:
             if contact_id in result.by_contact:
                 changes.extend(result.by_contact[contact_id])
         apply(conn, changes, now)
-        queue.done(conn, ids)
+        queue.done(conn, ids if queued is None else queued)
         self._mark_problems(conn, result.registry)
         for key, error in result.failed.items():
             log.warning("segment %s failed: %s", key, error)

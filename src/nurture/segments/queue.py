@@ -8,7 +8,7 @@ no change of a contact goes unevaluated, and nothing waits in memory only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,55 @@ def queue_evaluations(
     ]
     if names:
         insert_rows(conn, t.pending_arrivals, names, ignore_conflicts=True)
+
+
+@dataclass
+class Due:
+    """The contacts an ingest transaction stored events for, before they are queued: what
+    arrived for each, and those to evaluate on everything (`full`: merged or renewed).
+
+    A hook of that transaction that evaluates some of them itself `take`s them; `queue`
+    then queues the rest in the same transaction. Contacts evaluated at ingest thus never
+    touch the queue tables (a queue row and its arrivals, written and deleted again)."""
+
+    arrived: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+    full: set[int] = field(default_factory=set)
+
+    def add(
+        self,
+        contact_ids: Iterable[int],
+        arrived: Iterable[tuple[int, str, str]],
+        full: Iterable[int],
+    ) -> None:
+        for contact_id in contact_ids:
+            self.arrived.setdefault(contact_id, set())
+        for contact_id, kind, name in arrived:
+            self.arrived.setdefault(contact_id, set()).add((kind, name))
+        self.full.update(full)
+
+    @property
+    def contacts(self) -> set[int]:
+        return set(self.arrived)
+
+    def take(self, contact_ids: Iterable[int]) -> None:
+        """These contacts were evaluated: they need no queue row."""
+        for contact_id in contact_ids:
+            self.arrived.pop(contact_id, None)
+            self.full.discard(contact_id)
+
+    def queue(self, conn: Connection, now: datetime) -> int:
+        """Queue the contacts left (inside the ingest transaction); how many."""
+        count = len(self.arrived)
+        queue_evaluations(
+            conn,
+            self.arrived,
+            now,
+            arrived=[(c, kind, name) for c, names in self.arrived.items() for kind, name in names],
+            full=self.full,
+        )
+        self.arrived.clear()
+        self.full.clear()
+        return count
 
 
 _UPSERTS: dict[str, Any] = {}
@@ -92,15 +141,18 @@ def claim(conn: Connection, limit: int, *, lock: bool = True) -> dict[int, Claim
 
 
 def claims_of(conn: Connection, contact_ids: Iterable[int]) -> dict[int, Claim]:
-    """The queue rows of these contacts (those queued), without locking them: for the
-    transaction that queued them and evaluates them itself (`Engine.evaluate_at_ingest`)."""
+    """The queue rows of these contacts (those queued earlier, whose events no evaluation
+    has seen yet), for the ingest transaction that evaluates them itself
+    (`Engine.evaluate_at_ingest`). On PostgreSQL the rows are locked: an evaluator that
+    claimed one is waited for, as queueing the contact would wait for it."""
     p = t.pending_evaluations.c
     ids = sorted(set(contact_ids))
     if not ids:
         return {}
-    rows = conn.execute(
-        select(p.contact_id, p.queued_at, p.seq, p.full).where(one_of(conn, p.contact_id, ids))
-    )
+    query = select(p.contact_id, p.queued_at, p.seq, p.full).where(one_of(conn, p.contact_id, ids))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    rows = conn.execute(query)
     return {row.contact_id: Claim(row.queued_at, row.seq, bool(row.full)) for row in rows}
 
 

@@ -62,6 +62,13 @@ class Database:
         }
         if self.backend == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if parsed.database not in (None, "", ":memory:"):
+                # The connection returned last is handed out next: a thread that runs one
+                # transaction after another (the ingest writer) keeps one connection, whose
+                # page cache is still valid, instead of going round the pool and finding
+                # each connection's cache discarded by the others' commits (measured: half
+                # the pages read per real-time transaction, 733 -> 344).
+                kwargs["pool_use_lifo"] = True
             self.engine = create_engine(parsed, **kwargs)
             self._configure_sqlite(self.engine, sqlite_synchronous, self._autocheckpoint)
         else:
