@@ -89,6 +89,10 @@ def _alembic(conn: Connection, action: str, revision: str) -> None:
     getattr(command, action)(cfg, revision)
 
 
+def _step_indexes(conn: Connection) -> dict[str, list[str]]:
+    return {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("journey_steps")}
+
+
 def test_step_path_indexes_migration_downgrades_and_upgrades(db: Database) -> None:
     # Given a database at head (0015: partial covering indexes, one index of step runs),
     # when migrated down to 0014, then the covering indexes are whole again and step runs
@@ -105,9 +109,7 @@ def test_step_path_indexes_migration_downgrades_and_upgrades(db: Database) -> No
         _alembic(conn, "downgrade", "0014")
     with db.read() as conn:
         below = _predicates(conn)
-        steps = {
-            ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("journey_steps")
-        }
+        steps = _step_indexes(conn)
     assert {name: below[name] for name in partial} == dict.fromkeys(partial)
     assert steps["ix_journey_steps_runs"] == ["journey_key", "version", "step", "executed_at"]
     assert steps["ix_journey_steps_journey_key_step_executed_at"] == [
@@ -120,9 +122,7 @@ def test_step_path_indexes_migration_downgrades_and_upgrades(db: Database) -> No
         _alembic(conn, "upgrade", "head")
     with db.read() as conn:
         above = _predicates(conn)
-        steps = {
-            ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("journey_steps")
-        }
+        steps = _step_indexes(conn)
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(context, metadata)
     assert diff == []

@@ -147,6 +147,8 @@ class IngestWriter:
                     size += len(nxt.batch.messages) + len(nxt.batch.rejections)
                 self._commit(group)
             except Exception as exc:  # out of memory, say: answer them, keep the thread
+                if isinstance(exc, MemoryError):
+                    self.db.release_memory()
                 for queued in group:
                     if not queued.future.done():
                         queued.future.set_exception(_unavailable(exc))
@@ -195,6 +197,11 @@ class IngestWriter:
         self._fail(group, DuplicateFound(f"still racing after {_RETRIES} attempts"))
 
     def _fail(self, group: list[_Item], exc: Exception) -> None:
+        if isinstance(exc, MemoryError):
+            # SQLite could not allocate (its page caches had grown into what was left):
+            # closing the idle connections gives their caches back, or the process may
+            # stay short of memory for every request that follows.
+            self.db.release_memory()
         if len(group) > 1:
             # Isolate the batch that caused it; the others still get stored (and a group
             # too large for the memory left may fit one batch at a time).

@@ -72,10 +72,6 @@ class Due:
             self.arrived.setdefault(contact_id, set()).add((kind, name))
         self.full.update(full)
 
-    @property
-    def contacts(self) -> set[int]:
-        return set(self.arrived)
-
     def take(self, contact_ids: Iterable[int]) -> None:
         """These contacts were evaluated: they need no queue row."""
         for contact_id in contact_ids:

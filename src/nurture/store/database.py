@@ -246,6 +246,13 @@ class Database:
             self._checkpointer = None
             self._reconnect()  # connections made from now on checkpoint on commit
 
+    def release_memory(self) -> None:
+        """Give back what can be rebuilt, after the process ran short of memory: on SQLite
+        the pooled connections, each with a page cache of up to 64 MB (`cache_size`) that
+        never shrinks by itself. Connections in use are closed when they come back."""
+        if self.is_sqlite:
+            self._reconnect()
+
     def _reconnect(self) -> None:
         """Close the pooled SQLite connections (not an in-memory database's: that would
         lose it), so that new ones get the current settings."""
