@@ -205,7 +205,7 @@ class Engine:
                 ids = self._lock_contacts(conn, sorted(due.arrived), wait=False)
                 if not ids:
                     return None
-                before = queue.arrivals(conn, [c for c in ids if c in earlier])
+                before = self._arrived(conn, {c: earlier[c] for c in ids if c in earlier})
                 arrived = {
                     c: due.arrived[c] | before.get(c, set())
                     for c in ids
