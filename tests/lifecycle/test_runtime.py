@@ -185,3 +185,66 @@ def test_a_scheduled_stage_run_does_not_overwrite_a_newer_real_time_stage(
     # Then the run's older result does not take her back to activated
     assert written == 0
     assert nurture.engine.contact_state(ann(nurture))["stages"]["lifecycle"]["stage"] == "engaged"
+
+
+def test_real_time_re_evaluates_a_stage_or_score_only_when_the_events_can_move_it(
+    nurture: Nurture, clock: SimulatedClock
+) -> None:
+    # Given bob, known before any model existed, then the SaaS stages and a lead score
+    # that also reads a segment
+    track(nurture, "bob", "Newsletter Opened")
+    nurture.engine.evaluate_pending()
+    nurture.lifecycle.save("stage_model", "lifecycle", {"preset": "saas"})
+    nurture.segments.save({"key": "pro", "where": {"trait": "plan", "eq": "pro"}})
+    rules: list[dict[str, Any]] = [
+        {"event": "Signed Up", "points": 20, "max_times": 1},
+        {"name": "Pro plan", "when": {"segment": "pro"}, "points": 30},
+    ]
+    temperatures = [{"name": "cold"}, {"name": "warm", "at_least": 20}]
+    nurture.lifecycle.save(
+        "score_model", "lead", {"half_life": "30d", "temperatures": temperatures, "rules": rules}
+    )
+
+    def state(user: str) -> tuple[str, float, str]:
+        with nurture.db.read() as conn:
+            contact = conn.execute(
+                select(t.contacts.c.id).where(t.contacts.c.user_id == user)
+            ).scalar_one()
+        found = nurture.engine.contact_state(contact)
+        lead = found["scores"].get("lead", {"score": 0.0, "temperature": "cold"})
+        return found["stages"]["lifecycle"]["stage"], lead["score"], lead["temperature"]
+
+    # When bob sends an event neither model reads: with nothing stored yet, both are decided
+    clock.advance(timedelta(minutes=1))
+    track(nurture, "bob", "Newsletter Opened")
+    nurture.engine.evaluate_pending()
+    assert state("bob") == ("visitor", 0.0, "cold")
+    # Given ann logged in three times (engaged) and signed up (20 points, warm)
+    for _ in range(3):
+        clock.advance(timedelta(hours=1))
+        track(nurture, "ann", "Logged In")
+    track(nurture, "ann", "Signed Up")
+    nurture.engine.evaluate_pending()
+    assert state("ann") == ("engaged", 20.0, "warm")
+    # When 16 days pass without a login (at risk, by time alone; the 20 points decay to
+    # under 14, cold) and she sends an event neither model reads
+    clock.advance(timedelta(days=16))
+    track(nurture, "ann", "Newsletter Opened")
+    nurture.engine.evaluate_pending()
+    # Then both keep what was stored: what time alone changes is the scheduled run's
+    assert state("ann") == ("engaged", 20.0, "warm")
+    # When she becomes pro: the segment the score reads moves, so the score is decided
+    # again, decay included; the stage, which reads no trait, keeps its stored value
+    nurture.ingest([{"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}])
+    nurture.engine.evaluate_pending()
+    decayed = round(20 * 0.5 ** (16 / 30), 2)
+    assert state("ann") == ("engaged", decayed + 30, "warm")
+    # When she logs in: the stage model reads logins and is decided again (one login in
+    # the last 14 days against three in the 14 before)
+    track(nurture, "ann", "Logged In")
+    nurture.engine.evaluate_pending()
+    assert state("ann") == ("at_risk", decayed + 30, "warm")
+    with nurture.db.read() as conn:
+        s = t.score_changes.c
+        crossings = conn.execute(select(s.from_temperature, s.to_temperature)).all()
+    assert [tuple(c) for c in crossings] == [("cold", "warm")]

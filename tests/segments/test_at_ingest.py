@@ -153,7 +153,9 @@ def test_postgresql_ingest_does_not_wait_for_a_population_write(
         n.segments.save({"key": "buyers", "where": {"event": "Order Completed"}})
         # Given another session holding the evaluation lock, as a population write does
         with db.engine.connect() as holder:
-            holder.exec_driver_sql(f"SELECT pg_advisory_lock({EVALUATION_LOCK})")
+            holder.exec_driver_sql(
+                f"SELECT pg_advisory_lock({EVALUATION_LOCK}, hashtext(current_schema()))"
+            )
             try:
                 # When an order is ingested
                 n.ingest([_order(n, "ann")])
@@ -162,7 +164,9 @@ def test_postgresql_ingest_does_not_wait_for_a_population_write(
                 assert _queued(n) == 1
                 assert _members(n) == set()
             finally:
-                holder.exec_driver_sql(f"SELECT pg_advisory_unlock({EVALUATION_LOCK})")
+                holder.exec_driver_sql(
+                    f"SELECT pg_advisory_unlock({EVALUATION_LOCK}, hashtext(current_schema()))"
+                )
                 holder.commit()
         # And the evaluator decides her once the lock is free
         assert n.engine.evaluate_pending() == 1

@@ -13,21 +13,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
     String,
-    any_,
     bindparam,
-    func,
     select,
     type_coerce,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from nurture.store import tables as t
+from nurture.store.bulk import in_list, list_param
 from nurture.store.hints import unindexed
 from nurture.store.types import to_microseconds
 
@@ -167,6 +164,7 @@ class _Queries:
     """`load_facts`' statements for one backend, each with an `ids` parameter."""
 
     def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
         self.sqlite = dialect == "sqlite"
         c, e = t.contacts.c, t.events.c
         self.contacts = select(
@@ -212,16 +210,11 @@ class _Queries:
 
     def _in(self, column: Any, name: str = "ids", type_: Any = BigInteger) -> ColumnElement[bool]:
         """`column` is one of the values of parameter `name` (see `ids`)."""
-        if self.sqlite:
-            items = func.json_each(bindparam(name, type_=String)).table_valued("value")
-            found: ColumnElement[bool] = column.in_(select(items.c.value))
-        else:
-            found = column == any_(bindparam(name, type_=ARRAY(type_)))
-        return found
+        return in_list(self.dialect, column, name, type_)
 
     def ids(self, values: Sequence[Any]) -> Any:
         """A list as the parameter `_in` reads: JSON text on SQLite, an array on PostgreSQL."""
-        return orjson.dumps(list(values)).decode() if self.sqlite else list(values)
+        return list_param(self.dialect, values)
 
 
 _QUERIES: dict[str, _Queries] = {}

@@ -25,18 +25,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from nurture.contacts.profile import Profile, build_profile
 from nurture.ingest.messages import Message
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows, one_of, update_rows
+from nurture.store.bulk import in_list, insert_rows, list_param, one_of, update_rows
 
 USER = "user_id"
 ANON = "anonymous_id"
 _CHUNK = 500
+
+
+class _Queries:
+    """`Resolver.prefetch`'s reads, built once per backend (they run in every ingest
+    transaction), each taking its values as one list parameter."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        i, c = t.identities.c, t.contacts.c
+        values = in_list(dialect, i.value, "values", String)
+        self.identities = select(i.value, i.contact_id).where(i.kind == bindparam("kind"), values)
+        self.contacts = select(
+            c.id, c.user_id, c.first_seen_at, c.last_seen_at, c.merged_into
+        ).where(in_list(dialect, c.id))
+
+
+@lru_cache(maxsize=4)
+def _queries(dialect: str) -> _Queries:
+    return _Queries(dialect)
 
 
 class ConcurrentWrite(Exception):
@@ -104,16 +135,13 @@ class Resolver:
             if m.previous_id:
                 wanted[USER].add(m.previous_id)
                 wanted[ANON].add(m.previous_id)
-        i = t.identities.c
+        q = _queries(self.conn.dialect.name)
         contact_ids: set[int] = set()
         for kind, values in wanted.items():
             ordered = sorted(values)
             for n in range(0, len(ordered), _CHUNK):
-                rows = self.conn.execute(
-                    select(i.value, i.contact_id).where(
-                        i.kind == kind, one_of(self.conn, i.value, ordered[n : n + _CHUNK])
-                    )
-                )
+                values_ = list_param(q.dialect, ordered[n : n + _CHUNK])
+                rows = self.conn.execute(q.identities, {"kind": kind, "values": values_})
                 for value, contact_id in rows:
                     self.ids[(kind, value)] = contact_id
                     contact_ids.add(contact_id)
@@ -154,12 +182,10 @@ class Resolver:
         state.stored_timezone, state.stored_locale = timezone, locale
 
     def _load_contacts(self, ids: list[int]) -> None:
-        c = t.contacts.c
+        q = _queries(self.conn.dialect.name)
         for n in range(0, len(ids), _CHUNK):
-            query = select(c.id, c.user_id, c.first_seen_at, c.last_seen_at, c.merged_into).where(
-                one_of(self.conn, c.id, ids[n : n + _CHUNK])
-            )
-            for row in self.conn.execute(query):
+            params = {"ids": list_param(q.dialect, ids[n : n + _CHUNK])}
+            for row in self.conn.execute(q.contacts, params):
                 if row.merged_into is not None:
                     # Identities always point at live contacts; this one was merged by
                     # a transaction that committed after our identity read. Start over.

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select
+from sqlalchemy import Connection, Select, Table, delete, func, insert, select
 
 from nurture.journeys.inbox import offer as offer_to_journeys
 from nurture.store import tables as t
@@ -185,13 +186,18 @@ def _history(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list
         # a real-time transaction of 20 contacts). The caller holds the single write lock,
         # so the ids are those SQLite itself would give, one above the highest, and are
         # known before one executemany stores the rows.
-        top = conn.execute(select(func.max(table.c.id))).scalar()
+        top = conn.execute(_highest_id(table)).scalar()
         first = int(top or 0) + 1
         ids = list(range(first, first + len(rows)))
         insert_rows(conn, table, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
         return ids
     result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
     return [int(i) for i in result.scalars()]
+
+
+@lru_cache(maxsize=8)
+def _highest_id(table: Table) -> Select[tuple[Any]]:
+    return select(func.max(table.c.id))
 
 
 def _drop(conn: Connection, contact_ids: Sequence[int]) -> None:

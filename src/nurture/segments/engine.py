@@ -55,8 +55,12 @@ from nurture.store.hints import unindexed
 
 log = logging.getLogger("nurture.segments")
 
-EVALUATION_LOCK = 7263554  # shared: real-time evaluations; exclusive: population runs
-CONTACT_LOCK = 7263555  # first key of the per-contact advisory locks
+# PostgreSQL advisory locks, keyed by schema too (they are per database, and schemas may
+# each hold a Nurture): the evaluation lock, (EVALUATION_LOCK, hash of the schema), shared
+# by real-time evaluations, exclusive for population runs; and each contact's lock, (hash
+# of CONTACT_LOCK and the schema, contact id).
+EVALUATION_LOCK = 7263554
+CONTACT_LOCK = "nurture.contact:"
 _EPOCH = "evaluation_epoch"  # meta key: raised by every population write
 
 
@@ -254,7 +258,9 @@ class Engine:
             return True
         function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
         function += "_shared" if shared else ""
-        got = conn.exec_driver_sql(f"SELECT {function}(%(k)s)", {"k": EVALUATION_LOCK}).scalar()
+        got = conn.exec_driver_sql(
+            f"SELECT {function}(%(k)s, hashtext(current_schema()))", {"k": EVALUATION_LOCK}
+        ).scalar()
         return got is not False  # the waiting functions return nothing
 
     def _lock_contacts(self, conn: Connection, ids: list[int], *, wait: bool = True) -> list[int]:
@@ -266,7 +272,7 @@ class Engine:
         locked = []
         for contact_id in sorted(ids):  # one order everywhere: no deadlocks
             got = conn.exec_driver_sql(
-                f"SELECT {function}(%(a)s, %(b)s)",
+                f"SELECT {function}(hashtext(%(a)s || current_schema()), %(b)s)",
                 {"a": CONTACT_LOCK, "b": contact_id % 2_147_483_647},
             ).scalar()
             if got is not False:
@@ -337,41 +343,58 @@ class Engine:
     ) -> Changes:
         """Evaluate one contact's definitions. With `arrived` (the (type, name) pairs of the
         events that arrived since its last evaluation), only the segments those events,
-        or segments, stages and scores changed in this evaluation, can move are evaluated;
-        the others keep their stored membership (what changes with time alone is the
-        population run's job). Stages and scores are always evaluated."""
+        or segments, stages and scores changed in this evaluation, can move are evaluated,
+        and so are stage and score models: the others keep their stored membership, stage
+        and score (what changes with time alone, decay included, is the population run's
+        job). A model with nothing stored for the contact yet is always evaluated."""
         before_segments = set(facts.segments)
         before_stages = dict(facts.stages)
         before_scores = dict(facts.scores)
         env = evaluate.env
         moved: set[str] = set()
         state_changed = False
-        touched = None if arrived is None else reg.touched(frozenset(arrived))
-        for round_ in range(2):
-            for key in reg.order:
-                if key in failed or (round_ == 1 and key not in reg.uses_state):
+        models = None
+        pairs = None if arrived is None else frozenset(arrived)
+        if pairs is not None:
+            models = reg.touched_models(pairs)
+        rounds = reg.plan(pairs)
+
+        def due(kind: str, key: str, stored: dict[str, Any]) -> bool:
+            if models is None or key not in stored or (kind, key) in models:
+                return True
+            reads = reg.model_reads[(kind, key)]
+            changed = facts.stages != before_stages or facts.scores != before_scores
+            return bool((moved and reads.segments & moved) or (reads.state and changed))
+
+        segments = facts.segments
+        for round_, steps in enumerate(rounds):
+            for step in steps:
+                if failed and step.key in failed:
                     continue
-                if touched is not None and key not in touched:
-                    reads = reg.reads[key]
+                if not step.always:
+                    reads = step.reads
                     if not ((moved and reads.segments & moved) or (reads.state and state_changed)):
                         continue
                 try:
-                    member = evaluate(reg.segments[key].where, facts)
+                    member = step.holds(facts, evaluate)
                 except Exception as exc:  # one broken segment must not stop the others
-                    failed[key] = f"{type(exc).__name__}: {exc}"
+                    failed[step.key] = f"{type(exc).__name__}: {exc}"
                     continue
-                if member != (key in facts.segments):
-                    moved.add(key)
-                if member:
-                    facts.segments.add(key)
-                else:
-                    facts.segments.discard(key)
+                if member != (step.key in segments):
+                    moved.add(step.key)
+                    if member:
+                        segments.add(step.key)
+                    else:
+                        segments.discard(step.key)
             if round_ == 1:
                 break
             for key, scoring in reg.score_models.items():
-                result = scoring.score(facts, evaluate)
-                facts.scores[key] = (result.score, result.temperature)
+                if due("score_model", key, before_scores):
+                    result = scoring.score(facts, evaluate)
+                    facts.scores[key] = (result.score, result.temperature)
             for key, model in reg.stage_models.items():
+                if not due("stage_model", key, before_stages):
+                    continue
                 stage = model.stage_for(facts, evaluate)
                 facts.stages[key] = stage
                 facts.stages_ever.setdefault(key, set()).add(stage)
@@ -380,11 +403,12 @@ class Engine:
                 break
 
         changes = Changes()
-        known = set(reg.segments) - set(failed)
-        changes.entered = [
-            (k, facts.id) for k in sorted((facts.segments - before_segments) & known)
-        ]
-        changes.exited = [(k, facts.id) for k in sorted((before_segments - facts.segments) & known)]
+        if moved:
+            entered, exited = segments - before_segments, before_segments - segments
+            if failed:
+                entered, exited = entered - failed.keys(), exited - failed.keys()
+            changes.entered = [(k, facts.id) for k in sorted(entered)]
+            changes.exited = [(k, facts.id) for k in sorted(exited)]
         for key in reg.stage_models:
             before, after = before_stages.get(key), facts.stages.get(key)
             if after is not None and after != before:

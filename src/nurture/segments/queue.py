@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, select
+from sqlalchemy import Connection, Select, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from nurture.store import tables as t
-from nurture.store.bulk import insert_rows, one_of
+from nurture.store.bulk import in_list, insert_rows, list_param, one_of
 
 
 def queue_evaluations(
@@ -141,15 +142,20 @@ def claims_of(conn: Connection, contact_ids: Iterable[int]) -> dict[int, Claim]:
     has seen yet), for the ingest transaction that evaluates them itself
     (`Engine.evaluate_at_ingest`). On PostgreSQL the rows are locked: an evaluator that
     claimed one is waited for, as queueing the contact would wait for it."""
-    p = t.pending_evaluations.c
     ids = sorted(set(contact_ids))
     if not ids:
         return {}
-    query = select(p.contact_id, p.queued_at, p.seq, p.full).where(one_of(conn, p.contact_id, ids))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    rows = conn.execute(query)
+    dialect = conn.dialect.name
+    rows = conn.execute(_claims_of(dialect), {"ids": list_param(dialect, ids)})
     return {row.contact_id: Claim(row.queued_at, row.seq, bool(row.full)) for row in rows}
+
+
+@lru_cache(maxsize=4)
+def _claims_of(dialect: str) -> Select[Any]:
+    """`claims_of`' query, built once per backend (it runs in every ingest transaction)."""
+    p = t.pending_evaluations.c
+    query = select(p.contact_id, p.queued_at, p.seq, p.full).where(in_list(dialect, p.contact_id))
+    return query.with_for_update() if dialect == "postgresql" else query
 
 
 def arrivals(conn: Connection, contact_ids: list[int]) -> dict[int, set[tuple[str, str]]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from nurture.conditions.computed import Clv, ComputedTrait, parse_computed
 from nurture.conditions.env import Env
+from nurture.conditions.memory import Holds, compiled
 from nurture.conditions.model import (
     ComputedCondition,
     Condition,
@@ -42,8 +43,9 @@ OPERATORS_FOR = {
 
 @dataclass(frozen=True)
 class Reads:
-    """What a segment's result can change with, besides time: the events it reads, the
-    contact's profile, other segments, stored stages and scores."""
+    """What a segment's (or a stage or score model's) result can change with, besides
+    time: the events it reads, the contact's profile, other segments, stored stages and
+    scores."""
 
     events: frozenset[tuple[str, str]]
     any_event: bool  # computed traits: any event may move them (last seen, counts)
@@ -63,6 +65,22 @@ class Reads:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One segment in a contact's evaluation (`Registry.plan`)."""
+
+    key: str
+    holds: Holds
+    reads: Reads
+    # Evaluated in any case (the arrivals can change it), or only when a segment it reads
+    # moved, or a stage or score it reads changed, in the same evaluation.
+    always: bool
+
+
+# The steps of a contact's first round, and of its second (after stages and scores).
+Plan = tuple[tuple[Step, ...], tuple[Step, ...]]
+
+
 @dataclass
 class Registry:
     segments: dict[str, SegmentDefinition] = field(default_factory=dict)
@@ -78,12 +96,18 @@ class Registry:
     uses_state: set[str] = field(default_factory=set)
     event_names: set[tuple[str, str]] = field(default_factory=set)
     reads: dict[str, Reads] = field(default_factory=dict)
+    # The same for each stage model and score model, by (kind, key).
+    model_reads: dict[Ref, Reads] = field(default_factory=dict)
     # The optional parts of a contact's facts (facts.OPTIONAL_PARTS) some definition reads.
     fact_parts: frozenset[str] = frozenset()
     version: int = 0
     _touched: dict[frozenset[tuple[str, str]], frozenset[str]] = field(
         default_factory=dict, repr=False
     )
+    _touched_models: dict[frozenset[tuple[str, str]], frozenset[Ref]] = field(
+        default_factory=dict, repr=False
+    )
+    _plans: dict[frozenset[tuple[str, str]] | None, Plan] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, stored: Iterable[StoredDefinition], version: int = 0) -> Registry:
@@ -152,16 +176,15 @@ class Registry:
                 owners[kind].pop(key, None)
         self.order = self._topological()
         self.uses_state = self._state_users()
-        for key, segment in self.segments.items():
-            refs = condition_references([segment.where])
-            nodes = list(walk(segment.where))
-            self.reads[key] = Reads(
-                events=refs.events,
-                any_event=bool(refs.computed),
-                profile=any(isinstance(n, TraitCondition | ConsentCondition) for n in nodes),
-                segments=refs.segments,
-                state=bool(refs.scores or refs.stage_models),
-            )
+        self.reads = {key: _reads([segment.where]) for key, segment in self.segments.items()}
+        self.model_reads = {}
+        for key, model in self.stage_models.items():
+            whens = [stage.when for stage in model.stages if stage.when is not None]
+            # A stage condition naming no model reads the model itself.
+            self.model_reads[("stage_model", key)] = _reads(whens, itself={None, key})
+        for key, scoring in self.score_models.items():
+            rules = [rule.when for rule in scoring.rules if isinstance(rule, ConditionRule)]
+            self.model_reads[("score_model", key)] = _reads(rules, scoring.references().events)
         self.event_names = set()
         for _, condition in self.conditions():
             self.event_names |= condition_references([condition]).events
@@ -179,6 +202,37 @@ class Registry:
             found = frozenset(k for k, reads in self.reads.items() if reads.touched_by(arrived))
             if len(self._touched) < 10_000:
                 self._touched[arrived] = found
+        return found
+
+    def plan(self, arrived: frozenset[tuple[str, str]] | None) -> Plan:
+        """The segments one contact's evaluation goes through, in order, for each round:
+        those the arrivals can change (all of them when `arrived` is None: a full
+        evaluation) and those that may follow a segment, stage or score moved in that
+        evaluation; remembered per set, as `touched`."""
+        found = self._plans.get(arrived)
+        if found is None:
+            touched = None if arrived is None else self.touched(arrived)
+            steps = []
+            for key in self.order:
+                reads = self.reads[key]
+                always = touched is None or key in touched
+                if always or reads.segments or reads.state:
+                    steps.append(Step(key, compiled(self.segments[key].where), reads, always))
+            again = tuple(step for step in steps if step.key in self.uses_state)
+            found = (tuple(steps), again)
+            if len(self._plans) < 10_000:
+                self._plans[arrived] = found
+        return found
+
+    def touched_models(self, arrived: frozenset[tuple[str, str]]) -> frozenset[Ref]:
+        """The stage and score models (`("stage_model", key)`, `("score_model", key)`)
+        whose result events of these (type, name) pairs can change, as `touched`."""
+        found = self._touched_models.get(arrived)
+        if found is None:
+            reads = self.model_reads.items()
+            found = frozenset(ref for ref, r in reads if r.touched_by(arrived))
+            if len(self._touched_models) < 10_000:
+                self._touched_models[arrived] = found
         return found
 
     def _fact_parts(self) -> frozenset[str]:
@@ -291,3 +345,22 @@ class Registry:
             computed=self.computed,
             computed_state=computed_state or {},
         )
+
+
+def _reads(
+    conditions: list[Condition],
+    events: frozenset[tuple[str, str]] = frozenset(),
+    *,
+    itself: Set[str | None] = frozenset(),
+) -> Reads:
+    """What these conditions (and `events`, counted by score rules) read; a stage model's
+    own stages (`itself`) are not state that moves before it."""
+    refs = condition_references(conditions)
+    nodes = [node for condition in conditions for node in walk(condition)]
+    return Reads(
+        events=refs.events | events,
+        any_event=bool(refs.computed),
+        profile=any(isinstance(n, TraitCondition | ConsentCondition) for n in nodes),
+        segments=refs.segments,
+        state=bool(refs.scores or refs.stage_models - itself),
+    )

@@ -17,7 +17,19 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ARRAY, Column, ColumnElement, Connection, Table, any_, bindparam, update
+import orjson
+from sqlalchemy import (
+    ARRAY,
+    Column,
+    ColumnElement,
+    Connection,
+    Table,
+    any_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import sqltypes
@@ -374,6 +386,25 @@ def one_of(conn: Connection, column: Column[Any], values: Sequence[Any]) -> Colu
     return column.in_(values)
 
 
+def in_list(
+    dialect_name: str, column: Any, name: str = "ids", type_: Any = sqltypes.BigInteger
+) -> ColumnElement[bool]:
+    """`column` is one of the values of the list parameter `name` (pass it through
+    `list_param`), so that a statement built once takes any number of values: `IN (SELECT
+    value FROM json_each(:name))` on SQLite, `= ANY(:name)` on PostgreSQL."""
+    if dialect_name == "sqlite":
+        items = func.json_each(bindparam(name, type_=sqltypes.String)).table_valued("value")
+        found: ColumnElement[bool] = column.in_(select(items.c.value))
+    else:
+        found = column == any_(bindparam(name, type_=ARRAY(type_)))
+    return found
+
+
+def list_param(dialect_name: str, values: Sequence[Any]) -> Any:
+    """A list as `in_list` reads it: JSON text on SQLite, an array on PostgreSQL."""
+    return orjson.dumps(list(values)).decode() if dialect_name == "sqlite" else list(values)
+
+
 def upsert_rows(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> None:
@@ -381,13 +412,38 @@ def upsert_rows(
     columns with the given values. Rows all have the same columns."""
     if not rows:
         return
-    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    columns = tuple(rows[0])
+    dialect = conn.dialect
+    if dialect.name == "postgresql":
+        conn.execute(_upsert_statement("postgresql", table, columns, tuple(keys)), list(rows))
+        return
+    # SQLite: the statement compiled once, each value through its type's processor, one
+    # executemany (what Core does for a list of rows, without its per-row layers).
+    sql, order = _upsert_sql(dialect, table, columns, tuple(keys))
+    values = _convert(rows, columns, _processors(dialect, table, columns))
+    index = [columns.index(name) for name in order]
+    conn.exec_driver_sql(sql, [tuple(v[i] for i in index) for v in values])
+
+
+@lru_cache(maxsize=64)
+def _upsert_statement(
+    dialect_name: str, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
+) -> Any:
+    module = postgresql if dialect_name == "postgresql" else sqlite
     stmt: Any = module.insert(table)
-    others = [name for name in rows[0] if name not in keys]
+    others = [name for name in columns if name not in keys]
     if others:
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=list(keys), set_={name: stmt.excluded[name] for name in others}
         )
-    else:
-        stmt = stmt.on_conflict_do_nothing()
-    conn.execute(stmt, list(rows))
+    return stmt.on_conflict_do_nothing()
+
+
+@lru_cache(maxsize=64)
+def _upsert_sql(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]]:
+    """`upsert_rows`' single-row statement and the order its parameters appear in."""
+    stmt = _upsert_statement(dialect.name, table, columns, keys)
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+    return str(compiled), tuple(compiled.positiontup or ())
