@@ -84,6 +84,17 @@ def reference_file(events: int, seed: int = World.seed) -> Path:
     return path
 
 
+def machine_speed() -> float:
+    """Seconds a pure-Python loop of 10M additions takes on one core now: the project
+    machine's speed varies (0.95 to 1.7 s within one session seen), so CPU-bound figures
+    are read beside it."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - started
+
+
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
