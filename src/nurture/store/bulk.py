@@ -92,6 +92,18 @@ def insert_rows(
         sql = _pg_insert_sql(dialect, table, columns, ignore_conflicts)
         return int(conn.exec_driver_sql(sql, _pg_arrays(values, len(columns))).rowcount)
     sql, order = _insert_sql(dialect, table, columns, ignore_conflicts)
+    return _executemany(conn, sql, order, columns, values)
+
+
+def _executemany(
+    conn: Connection,
+    sql: str,
+    order: tuple[str, ...],
+    columns: tuple[str, ...],
+    values: list[list[Any]],
+) -> int:
+    """Run a single-row SQLite statement for every row of converted `values` (one list per
+    row, in `columns`' order), its parameters in `order`; the rows it changed."""
     index = [columns.index(name) for name in order]
     return int(conn.exec_driver_sql(sql, [tuple(v[i] for i in index) for v in values]).rowcount)
 
@@ -420,9 +432,9 @@ def upsert_rows(
     # SQLite: the statement compiled once, each value through its type's processor, one
     # executemany (what Core does for a list of rows, without its per-row layers).
     sql, order = _upsert_sql(dialect, table, columns, tuple(keys))
-    values = _convert(rows, columns, _processors(dialect, table, columns))
-    index = [columns.index(name) for name in order]
-    conn.exec_driver_sql(sql, [tuple(v[i] for i in index) for v in values])
+    _executemany(
+        conn, sql, order, columns, _convert(rows, columns, _processors(dialect, table, columns))
+    )
 
 
 @lru_cache(maxsize=64)
