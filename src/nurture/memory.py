@@ -7,13 +7,21 @@ a heap fragmented by one long-lived small block then stays full: every later lar
 request fails, long after the burst that filled it. A fixed threshold keeps large blocks
 (request bodies, JSON parse buffers) in their own mappings, returned when freed; two
 arenas keep threads from reserving 64 MB of address space each.
+
+When memory runs short all the same, `release()` has what holds rebuildable memory give it
+back, wherever the MemoryError was caught.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import platform
+import weakref
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -38,3 +46,34 @@ def tune_malloc() -> bool:
     done &= mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     done &= mallopt(M_ARENA_MAX, ARENAS) == 1
     return bool(done)
+
+
+class _Holder(Protocol):
+    def release_memory(self) -> None: ...
+
+
+# What in this process keeps memory it could give back (SQLite databases and their page
+# caches), held weakly: a Database that is dropped leaves by itself.
+_holders: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def hold(holder: _Holder) -> None:
+    """Register an object whose `release_memory()` gives back what it can rebuild."""
+    _holders.add(holder)
+
+
+def release() -> None:
+    """The process ran short of memory (a MemoryError was caught and answered, wherever
+    it was): every registered holder gives back what it can rebuild.
+
+    Without it, a server whose SQLite page caches had grown into the memory left (each
+    up to 64 MB, never shrinking by itself) stayed short for every request that came
+    after, unless the failure happened to be in the ingest writer: a request body it
+    could not buffer, or a parse it could not finish, changed nothing, and clients
+    retried for as long as they would (seen in CI: 30 s of 503s, then batches given up).
+    """
+    for holder in list(_holders):
+        try:
+            holder.release_memory()
+        except Exception:  # giving back memory must not fail the answer it is part of
+            log.exception("could not release %r's memory", holder)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import time
+import weakref
 from typing import Any
 
 import orjson
@@ -584,3 +586,22 @@ def test_a_request_that_finds_no_free_ingest_slot_is_503_and_stores_nothing(
     assert gate.busy == 0
     with nurture.db.read() as conn:
         assert conn.execute(select(t.events.c.message_id)).scalars().all() == ["gate-1"]
+
+
+def test_the_ingest_writer_keeps_no_batch_once_it_is_stored(nurture: Nurture) -> None:
+    """A server short of memory needs, for the next request, what the last one used: the
+    writer thread used to hold its last group of batches (megabytes of events) while it
+    waited for the next."""
+    # Given a batch stored by the writer thread
+    batch = nurture.parse(
+        [{"type": "track", "userId": "u", "event": "E", "messageId": "m-1"}], source="test"
+    )
+    stored = weakref.ref(batch)
+    assert nurture.writer.ingest(batch).accepted == 1
+    del batch
+    # When the writer is idle, waiting for the next batch
+    deadline = time.monotonic() + 5
+    while stored() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Then nothing holds the batch any longer
+    assert stored() is None

@@ -3,10 +3,13 @@ memory, and which pooled connection a thread gets."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
+from nurture import memory
 from nurture.store import Database
 
 
@@ -26,6 +29,48 @@ def test_sqlite_gives_back_its_pooled_connections_when_short_of_memory(tmp_path:
             assert conn.execute(text("SELECT 1")).scalar() == 1
     finally:
         db.dispose()
+
+
+def test_a_connection_in_use_when_memory_ran_short_is_closed_when_it_comes_back(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'n.db'}")
+    try:
+        # Given a connection in use (the ingest writer's, say) when the process runs short
+        with db.engine.connect() as busy:
+            busy.execute(text("SELECT 1"))
+            raw = busy.connection.dbapi_connection
+            db.release_memory()
+            assert busy.execute(text("SELECT 2")).scalar() == 2  # its work goes on
+        # Then, once returned, it is closed (its cache freed), not left in the old pool
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            raw.execute("SELECT 1")  # type: ignore[union-attr]
+        # And connections opened since stay pooled
+        with db.engine.connect() as fresh:
+            fresh.execute(text("SELECT 1"))
+            kept = fresh.connection.dbapi_connection
+        assert kept.execute("SELECT 3").fetchone() == (3,)  # type: ignore[union-attr]
+        assert db.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    finally:
+        db.dispose()
+
+
+def test_running_short_of_memory_anywhere_empties_every_sqlite_pool(tmp_path: Path) -> None:
+    first = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    second = Database(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        # Given two databases of this process with connections pooled
+        for db in (first, second):
+            with db.read() as conn:
+                conn.execute(text("SELECT 1"))
+            assert db.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        # When a MemoryError is caught anywhere (an HTTP body that could not be buffered)
+        memory.release()
+        # Then both gave their connections back
+        assert [db.engine.pool.checkedin() for db in (first, second)] == [0, 0]  # type: ignore[attr-defined]
+    finally:
+        first.dispose()
+        second.dispose()
 
 
 def test_sqlite_hands_a_thread_the_connection_it_returned_last(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from nurture import memory
 from nurture.api.responses import JSONResponse
 from nurture.errors import NurtureError, StorageUnavailable, ValidationError
 
@@ -69,6 +70,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(MemoryError)
     async def _memory(request: Request, exc: MemoryError) -> JSONResponse:
         log.error("out of memory while answering %s", request.url.path, exc_info=exc)
+        memory.release()
         return await _nurture(request, StorageUnavailable("the server ran out of memory"))
 
     @app.exception_handler(RequestValidationError)

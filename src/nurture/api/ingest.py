@@ -20,6 +20,7 @@ import orjson
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
 
+from nurture import memory
 from nurture.api.auth import require_key
 from nurture.api.body import BodyTooLarge, read_body
 from nurture.api.errors import error_body
@@ -179,6 +180,7 @@ def _loads(raw: bytes) -> Any:
         if not str(exc).startswith("Not enough memory"):
             raise
         log.warning("orjson is short of memory for a %d-byte body; parsing it slowly", len(raw))
+        memory.release()
         try:
             # orjson's rules: no NaN or Infinity, UTF-8 only.
             return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
@@ -309,7 +311,6 @@ async def _ingest_batch(request: Request) -> JSONResponse:
     if failure is not None:
         return failure
     nurture = _nurture(request)
-    raw = orjson.dumps(body)
     problem: tuple[str, str, str] | None = None
     sent_at = None
     context = None
@@ -329,7 +330,11 @@ async def _ingest_batch(request: Request) -> JSONResponse:
         code, path, message = problem
         await _submit(
             nurture,
-            ParsedBatch(rejections=[_reject_request(source, code, message, raw, path or None)]),
+            ParsedBatch(
+                rejections=[
+                    _reject_request(source, code, message, orjson.dumps(body), path or None)
+                ]
+            ),
         )
         return JSONResponse(error_body(code, message, path or None), 400)
     parsed = nurture.parse(

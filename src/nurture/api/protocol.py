@@ -13,6 +13,7 @@ import sys
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from nurture import memory
 from nurture.api.errors import RETRY_AFTER_SECONDS
 
 _BODY = (
@@ -57,6 +58,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _short_of_memory(self) -> None:
         self.logger.error("out of memory while reading a request; answered 503")
+        memory.release()
         if not self.transport.is_closing():
             self.transport.write(_RESPONSE)
             self.transport.close()

@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from nurture import memory
 from nurture.clock import Clock
 from nurture.errors import StorageUnavailable
 from nurture.ingest.identity import ConcurrentWrite
@@ -129,31 +130,36 @@ class IngestWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or self._work(item):
                 return
-            group = [item]
-            stop = False
-            try:
-                size = len(item.batch.messages) + len(item.batch.rejections)
-                while size < self.max_messages:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    group.append(nxt)
-                    size += len(nxt.batch.messages) + len(nxt.batch.rejections)
-                self._commit(group)
-            except Exception as exc:  # out of memory, say: answer them, keep the thread
-                if isinstance(exc, MemoryError):
-                    self.db.release_memory()
-                for queued in group:
-                    if not queued.future.done():
-                        queued.future.set_exception(_unavailable(exc))
-            if stop:
-                return
+            # Not held while waiting for the next: a group's events may be megabytes,
+            # which a server short of memory needs for the next request.
+            del item
+
+    def _work(self, item: _Item) -> bool:
+        """Store `item` with what queued behind it; True when told to stop."""
+        group = [item]
+        stop = False
+        try:
+            size = len(item.batch.messages) + len(item.batch.rejections)
+            while size < self.max_messages:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+                size += len(nxt.batch.messages) + len(nxt.batch.rejections)
+            self._commit(group)
+        except Exception as exc:  # out of memory, say: answer them, keep the thread
+            if isinstance(exc, MemoryError):
+                memory.release()
+            for queued in group:
+                if not queued.future.done():
+                    queued.future.set_exception(_unavailable(exc))
+        return stop
 
     def _commit(self, group: list[_Item]) -> None:
         reconnects = 0
@@ -201,7 +207,7 @@ class IngestWriter:
             # SQLite could not allocate (its page caches had grown into what was left):
             # closing the idle connections gives their caches back, or the process may
             # stay short of memory for every request that follows.
-            self.db.release_memory()
+            memory.release()
         if len(group) > 1:
             # Isolate the batch that caused it; the others still get stored (and a group
             # too large for the memory left may fit one batch at a time).

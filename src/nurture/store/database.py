@@ -21,6 +21,7 @@ from sqlalchemy import Connection, create_engine, event, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
+from nurture import memory
 from nurture.store import tables
 from nurture.store.functions import register_sqlite_functions
 
@@ -50,6 +51,7 @@ class Database:
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.url = parsed
         self._write_lock = threading.RLock()
+        self._generation = 0  # of the SQLite pool's connections, renewed by `_reconnect`
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpointer = threading.Event()
         kwargs: dict[str, Any] = {
@@ -71,6 +73,8 @@ class Database:
                 kwargs["pool_use_lifo"] = True
             self.engine = create_engine(parsed, **kwargs)
             self._configure_sqlite(self.engine, sqlite_synchronous, self._autocheckpoint)
+            self._close_stale_on_checkin()
+            memory.hold(self)  # its page caches go when the process runs short of memory
         else:
             # psycopg prepares a statement after 5 runs, and PostgreSQL then switches to
             # a generic plan that ignores the actual values; for `= ANY(:ids)` lookups
@@ -128,6 +132,20 @@ class Database:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 conn.exec_driver_sql("BEGIN")
+
+    def _close_stale_on_checkin(self) -> None:
+        """A connection in use when the pool was renewed (`_reconnect`) is closed when it
+        comes back. SQLAlchemy would leave it open, with its page cache, in the old pool
+        until the garbage collector finds that pool."""
+
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+            record.info["generation"] = self._generation
+
+        @event.listens_for(self.engine, "checkin")
+        def _on_checkin(dbapi_conn: Any, record: Any) -> None:
+            if dbapi_conn is not None and record.info.get("generation") != self._generation:
+                record.invalidate()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -257,6 +275,7 @@ class Database:
         """Close the pooled SQLite connections (not an in-memory database's: that would
         lose it), so that new ones get the current settings."""
         if self.url.database not in (None, "", ":memory:"):
+            self._generation += 1
             self.engine.dispose()
 
     def dispose(self) -> None:
