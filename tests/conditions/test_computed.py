@@ -27,8 +27,9 @@ from nurture.conditions.computed import (
 )
 from nurture.conditions.env import Env
 from nurture.conditions.facts import load_facts
-from nurture.conditions.memory import Evaluator, Moment
+from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import parse_condition
+from nurture.conditions.values import Moment
 from nurture.errors import ValidationError
 from nurture.store import Database
 from nurture.store import tables as t

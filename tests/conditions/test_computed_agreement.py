@@ -22,8 +22,9 @@ from nurture.conditions.compile import SqlCompiler
 from nurture.conditions.computed import ComputedTrait, compute_state, parse_computed
 from nurture.conditions.env import Env
 from nurture.conditions.facts import load_facts
-from nurture.conditions.memory import Evaluator, Moment, is_number
+from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import parse_condition
+from nurture.conditions.values import Moment, is_number
 from nurture.store import Database
 from nurture.store import tables as t
 from nurture.store.types import to_microseconds

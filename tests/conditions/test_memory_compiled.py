@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from nurture.conditions import memory
+from nurture.conditions import memory, values
 from nurture.conditions.env import Env
 from nurture.conditions.facts import ContactFacts, EventFact
-from nurture.conditions.memory import Evaluator, clear_compiled, compare, compiled
+from nurture.conditions.memory import Evaluator, clear_compiled, compiled
 from nurture.conditions.model import TraitCondition, parse_condition
+from nurture.conditions.values import compare
 from nurture.store.types import to_microseconds
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -190,7 +191,7 @@ def test_conditions_that_come_and_go_are_never_mistaken_for_one_another() -> Non
 
 def test_the_cache_stays_within_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a cache limit of 5
-    monkeypatch.setattr(memory, "CACHE_LIMIT", 5)
+    monkeypatch.setattr(values, "CACHE_LIMIT", 5)
     conditions = [parse_condition({"trait": "n", "gte": n}) for n in range(20)]
     facts = contact(n=10)
     evaluate = evaluator()

@@ -16,7 +16,6 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, o
 
 from nurture.conditions.env import Env
 from nurture.conditions.facts import TEXT_COLUMNS, TIME_COLUMNS
-from nurture.conditions.memory import compare_number, window
 from nurture.conditions.model import (
     ALL_TOPICS,
     AggregateCondition,
@@ -47,6 +46,7 @@ from nurture.conditions.sqlvalues import (
     definite,
     number_comparison,
 )
+from nurture.conditions.values import compare_number, window
 from nurture.store import tables as t
 
 contacts = t.contacts
@@ -115,7 +115,7 @@ class SqlCompiler:
         return self.b.json(contacts.c.traits, path)
 
     def comparison(self, value: ValueRef, cmp: Comparison) -> Bool:
-        """`memory.compare` in SQL."""
+        """`values.compare` in SQL."""
         op, x = cmp.operator, cmp.operand
         if op == "exists":
             return value.exists() if x else not_(value.exists())

@@ -41,7 +41,7 @@ from sqlalchemy import (
 
 from nurture.conditions.compile import SqlCompiler
 from nurture.conditions.durations import Duration
-from nurture.conditions.memory import Moment, aggregate, is_number, json_at, matching
+from nurture.conditions.events import matching
 from nurture.conditions.model import EventType, PropertyFilter, validation_error, window_us
 from nurture.conditions.sqlvalues import (
     Backend,
@@ -51,6 +51,7 @@ from nurture.conditions.sqlvalues import (
     ValueRef,
     check_path,
 )
+from nurture.conditions.values import Moment, aggregate, is_number, json_at
 from nurture.errors import ValidationError
 from nurture.store import tables as t
 
@@ -530,7 +531,7 @@ def computed_values(facts: ContactFacts, env: Env) -> dict[str, Any]:
 # -- SQL helpers ----------------------------------------------------------------------
 class IntegerExpr(NumberExpr):
     """A computed whole number. Date operators read it as seconds since 1970, as
-    `memory.compare` reads every integer (a trait holding 3 is 1970-01-01T00:00:03)."""
+    `values.compare` reads every integer (a trait holding 3 is 1970-01-01T00:00:03)."""
 
     def time(self) -> ColumnElement[Any]:
         if self.backend.sqlite:

@@ -3,7 +3,7 @@
 Each reader answers the questions the comparison operators ask (is it a string, a
 number, equal to this scalar, a date, ...) with expressions that are never NULL, so
 that `not` means the same in SQL as in Python. The semantics are those of
-`memory.compare`; the two are held equal by tests/conditions/test_agreement.py.
+`values.compare`; the two are held equal by tests/conditions/test_agreement.py.
 """
 
 from __future__ import annotations

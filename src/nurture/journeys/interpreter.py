@@ -13,8 +13,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, assert_never
 
 from nurture import localtime
-from nurture.conditions.memory import json_at
 from nurture.conditions.model import Condition
+from nurture.conditions.values import json_at
 from nurture.journeys.model import (
     END,
     BranchStep,

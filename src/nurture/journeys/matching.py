@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+from nurture.conditions.events import filters_hold
 from nurture.conditions.facts import EventFact
-from nurture.conditions.memory import filters_hold, is_number, json_at, same_value
 from nurture.conditions.model import Condition
+from nurture.conditions.values import is_number, json_at, same_value
 from nurture.journeys.model import (
     EventMatch,
     EventTrigger,

@@ -49,8 +49,9 @@ from pydantic import (
 )
 
 from nurture.conditions.durations import Duration
+from nurture.conditions.events import matching
 from nurture.conditions.facts import ContactFacts, EventFact
-from nurture.conditions.memory import Evaluator, matching
+from nurture.conditions.memory import Evaluator
 from nurture.conditions.model import (
     KINDS,
     Condition,
