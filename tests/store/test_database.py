@@ -96,9 +96,9 @@ def test_sqlite_hands_a_thread_the_connection_it_returned_last(tmp_path: Path) -
 
 
 def _largest_wal(db: Database, monkeypatch: pytest.MonkeyPatch, restart_frames: int) -> int:
-    """The largest the WAL file grew while one writer committed 128 KB every millisecond
-    for 2 s (rewriting 16 rows: the database stays at 2 MB), with the background
-    checkpointer running every 50 ms."""
+    """The largest the WAL file grew while one writer committed 512 KB every 5 ms for 2 s
+    (rewriting 16 rows: the database stays at 8 MB), with the background checkpointer
+    running every 50 ms."""
     monkeypatch.setattr(database, "_RESTART_FRAMES", restart_frames)
     monkeypatch.setattr(database, "_RESTART_SLACK", 512)
     with db.write() as conn:
@@ -111,10 +111,10 @@ def _largest_wal(db: Database, monkeypatch: pytest.MonkeyPatch, restart_frames: 
         while time.monotonic() < end:
             with db.write() as conn:
                 conn.exec_driver_sql(
-                    "INSERT OR REPLACE INTO blobs VALUES (abs(random()) % 16, randomblob(131072))"
+                    "INSERT OR REPLACE INTO blobs VALUES (abs(random()) % 16, randomblob(524288))"
                 )
             largest = max(largest, wal.stat().st_size)
-            time.sleep(0.001)
+            time.sleep(0.005)
     finally:
         db.stop_checkpointer()
     return largest
