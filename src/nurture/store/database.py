@@ -33,7 +33,7 @@ _BUSY_TIMEOUT_MS = 30000  # how long an SQLite write waits for another process's
 # of 4 KB pages) and a passive checkpoint got within _RESTART_SLACK frames of its end.
 _RESTART_FRAMES = 65_536
 _RESTART_SLACK = 2_048
-_RESTART_WAIT_MS = 20  # writers wait meanwhile: a reader still busy after it is waited out
+_RESTART_WAIT_MS = 20  # RESTART's wait for readers (and the write lock), writers held off
 # After a RESTART that was kept waiting (by a reader, or the writer's lock), the next try
 # comes after 0.5 s, doubling up to 8 s while they keep failing: a long read does not
 # hold writers off every round.
@@ -274,8 +274,8 @@ class Database:
 
     @staticmethod
     def _checkpoint(conn: Connection, *, restart: bool) -> bool:
-        """One round of the background checkpointer; False when a reader kept the WAL from
-        starting again.
+        """One round of the background checkpointer; False when a RESTART was kept waiting
+        (by a reader, or the write lock) and the WAL did not start again.
 
         A passive checkpoint copies what it can without holding anyone up. Under steady
         writes it never reaches the WAL's end (commits land while it copies), so the WAL
