@@ -356,28 +356,23 @@ class Engine:
         env = evaluate.env
         moved: set[str] = set()
         state_changed = False
-        models = None
         pairs = None if arrived is None else frozenset(arrived)
-        if pairs is not None:
-            models = reg.touched_models(pairs)
+        models = None if pairs is None else reg.touched_models(pairs)
         rounds = reg.plan(pairs)
 
         def due(kind: str, key: str, stored: dict[str, Any]) -> bool:
             if models is None or key not in stored or (kind, key) in models:
                 return True
-            reads = reg.model_reads[(kind, key)]
             changed = facts.stages != before_stages or facts.scores != before_scores
-            return bool((moved and reads.segments & moved) or (reads.state and changed))
+            return reg.model_reads[(kind, key)].follows(moved, changed)
 
         segments = facts.segments
         for round_, steps in enumerate(rounds):
             for step in steps:
                 if failed and step.key in failed:
                     continue
-                if not step.always:
-                    reads = step.reads
-                    if not ((moved and reads.segments & moved) or (reads.state and state_changed)):
-                        continue
+                if not step.always and not step.reads.follows(moved, state_changed):
+                    continue
                 try:
                     member = step.holds(facts, evaluate)
                 except Exception as exc:  # one broken segment must not stop the others

@@ -64,6 +64,11 @@ class Reads:
                 return True
         return False
 
+    def follows(self, moved: Set[str], state_changed: bool) -> bool:
+        """Can the result change with what moved earlier in the same evaluation: these
+        segments, and stages or scores when `state_changed`?"""
+        return bool((moved and self.segments & moved) or (self.state and state_changed))
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
