@@ -8,7 +8,9 @@
   first run (every member enters) and a second run (nothing changed: the steady state).
 - `realtime`: 50 segments, the SaaS stage model and a lead score defined; events arrive
   at 1,000/s through the ingest writer while the evaluator thread runs; the time from a
-  contact being queued (its events' transaction) to its evaluation being committed.
+  contact being queued (the start of its events' transaction) to its evaluation being
+  committed, and from each request's arrival (sent open-loop, on schedule) to the commit of
+  its transaction, which evaluated its contacts.
 
 Command line::
 
@@ -23,8 +25,10 @@ import gc
 import random
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -251,6 +255,7 @@ def bench_realtime(
     clock = WallClock(info.end)
     nurture = open_nurture(info, clock, evaluation_refresh_seconds=0, evaluate_in_process=True)
     latencies: list[float] = []
+    arrived: list[float] = []  # per request: from its arrival to its stored evaluation
     try:
         define(nurture, "segment", fifty())
         define(nurture, "stage_model", [{"key": "lifecycle", "preset": "saas"}])
@@ -268,9 +273,14 @@ def bench_realtime(
             nurture.writer.in_transaction.append(
                 functools.partial(nurture.engine.evaluate_at_ingest, limit=at_ingest)
             )
-        nurture.engine.on_evaluated.append(
-            lambda waits: latencies.extend(w.total_seconds() for w in waits)
-        )
+        by_runner = [0]
+
+        def on_evaluated(waits: list[timedelta]) -> None:
+            latencies.extend(w.total_seconds() for w in waits)
+            if threading.current_thread().name == runner.name:
+                by_runner[0] += len(waits)
+
+        nurture.engine.on_evaluated.append(on_evaluated)
         runner.start()
         with nurture.db.read() as conn:
             pool = conn.execute(
@@ -301,6 +311,7 @@ def bench_realtime(
                 with nurture.db.read() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             latencies.clear()
+            by_runner[0] = 0
         # Full collections pause every thread; the server's start-up heap is frozen
         # (`settle_heap`), and so is this benchmark's own list of users, which a running
         # server would not hold. Pauses still left are counted.
@@ -321,8 +332,16 @@ def bench_realtime(
         sent = 0
         tick = 0.02
         per_tick = max(1, int(rate * tick))
+        pending: list[Future[Any]] = []
         started = time.monotonic()
         while time.monotonic() - started < seconds:
+            # Open loop: each request is sent at its time whether or not the one before was
+            # stored, as clients send, so time spent waiting behind a slow transaction (or a
+            # WAL restart) is counted from the request's arrival, not hidden by a late send.
+            arrival = started + sent / rate
+            delay = arrival - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             batch = []
             for _ in range(per_tick):
                 sent += 1
@@ -337,10 +356,13 @@ def bench_realtime(
                         "timestamp": clock.now().isoformat(),
                     }
                 )
-            nurture.ingest(batch, source="bench")
-            delay = started + (sent / rate) - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            future = nurture.writer.submit(nurture.parse(batch, source="bench"))
+            future.add_done_callback(
+                functools.partial(lambda a, _f: arrived.append(time.monotonic() - a), arrival)
+            )
+            pending.append(future)
+        for future in pending:
+            future.result()
         elapsed = time.monotonic() - started
         gc.callbacks.remove(on_gc)
         gc.unfreeze()
@@ -362,21 +384,8 @@ def bench_realtime(
         reset(nurture)
         nurture.stop()
     ordered = sorted(latencies)
-    tenth = max(1, len(latencies) // 10)
-    for i in range(0, len(latencies), tenth):
-        part = sorted(latencies[i : i + tenth])
-        print(
-            f"  evaluations {i:>6,}+: p50 {part[len(part) // 2] * 1000:.1f} ms, "
-            f"p99 {part[int(0.99 * len(part))] * 1000:.1f} ms, max {part[-1] * 1000:.1f} ms"
-        )
-
-    def pct(p: float) -> float:
-        return (
-            ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
-            if ordered
-            else float("nan")
-        )
-
+    _by_tenth("evaluations", latencies)
+    _by_tenth("requests", arrived)
     return {
         "name": "real time, 50 segments + stage + score"
         + (", contacts evaluated before (warm)" if warm else ", first evaluations (cold)"),
@@ -384,12 +393,35 @@ def bench_realtime(
         "warmed": warmed,
         "rate": sent / elapsed,
         "evaluations": len(latencies),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": _pct(latencies, 0.50),
+        "p99_ms": _pct(latencies, 0.99),
         "max_ms": ordered[-1] * 1000 if ordered else float("nan"),
+        "by_runner": by_runner[0],
+        "arrival_p50_ms": _pct(arrived, 0.50),
+        "arrival_p99_ms": _pct(arrived, 0.99),
+        "requests": len(arrived),
         "mean_ms": statistics.fmean(ordered) * 1000 if ordered else float("nan"),
         "target_p99_ms": 20.0,
     }
+
+
+def _by_tenth(label: str, values: list[float]) -> None:
+    """Print p50, p99 and the largest of each tenth of `values`, in order."""
+    tenth = max(1, len(values) // 10)
+    for i in range(0, len(values), tenth):
+        part = values[i : i + tenth]
+        print(
+            f"  {label} {i:>6,}+: p50 {_pct(part, 0.5):.1f} ms, p99 {_pct(part, 0.99):.1f} ms, "
+            f"max {max(part) * 1000:.1f} ms"
+        )
+
+
+def _pct(values: list[float], p: float) -> float:
+    """The `p` quantile of `values` in milliseconds (NaN for none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,6 +490,22 @@ def main(argv: list[str] | None = None) -> int:
             )
             met = r["p99_ms"] <= 20 and r["rate"] >= 950
             table.add_row(r["name"], args.backend, figure, "p99 ≤ 20 ms at 1,000 ev/s", _yes(met))
+            # The same contacts timed from the arrival of their request (evaluated in its
+            # transaction; a contact left to the evaluator thread is not in this figure,
+            # and the count says how many were).
+            figure = (
+                f"p50 {r['arrival_p50_ms']:.0f} ms, p99 {r['arrival_p99_ms']:.0f} ms "
+                f"({r['requests']:,} requests; {r['by_runner']:,} contacts left to the "
+                "evaluator thread)"
+            )
+            met = r["arrival_p99_ms"] <= 20 and r["rate"] >= 950
+            table.add_row(
+                "  the same, from each request's arrival",
+                args.backend,
+                figure,
+                "p99 ≤ 20 ms",
+                _yes(met),
+            )
             speed = "{:.2f} s before, {:.2f} s after".format(*r["machine"])
             table.add_row("machine: 10M-addition Python loop", "", speed, "", "")
     table.add_row("peak RSS", args.backend, f"{peak:.0f} MB", "≤ 2,048 MB", _yes(peak <= 2048))

@@ -95,26 +95,32 @@ def test_sqlite_hands_a_thread_the_connection_it_returned_last(tmp_path: Path) -
         db.dispose()
 
 
-def _largest_wal(db: Database, monkeypatch: pytest.MonkeyPatch, restart_frames: int) -> int:
-    """The largest the WAL file grew while one writer committed 512 KB every 5 ms for 2 s
-    (rewriting 16 rows: the database stays at 8 MB), with the background checkpointer
-    running every 50 ms."""
-    monkeypatch.setattr(database, "_RESTART_FRAMES", restart_frames)
-    monkeypatch.setattr(database, "_RESTART_SLACK", 512)
-    with db.write() as conn:
+def _largest_wal(
+    db: Database,
+    writer: Database,
+    *,
+    interval: float = 0.05,
+    seconds: float = 2.0,
+    pause: float = 0.005,
+) -> int:
+    """The largest the WAL file grew while `writer` committed 512 KB every `pause` s for
+    `seconds` (rewriting 16 rows: the database stays at 8 MB), with `db`'s background
+    checkpointer running. A writer that is another Database (another process) does not
+    wake the checkpointer, which then runs every `interval` s."""
+    with writer.write() as conn:
         conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, b BLOB)")
     wal = Path(str(db.url.database) + "-wal")
-    db.start_checkpointer(interval=0.05)
+    db.start_checkpointer(interval=interval)
     largest = 0
     try:
-        end = time.monotonic() + 2
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
-            with db.write() as conn:
+            with writer.write() as conn:
                 conn.exec_driver_sql(
                     "INSERT OR REPLACE INTO blobs VALUES (abs(random()) % 16, randomblob(524288))"
                 )
             largest = max(largest, wal.stat().st_size)
-            time.sleep(0.005)
+            time.sleep(pause)
     finally:
         db.stop_checkpointer()
     return largest
@@ -124,19 +130,46 @@ def _largest_wal(db: Database, monkeypatch: pytest.MonkeyPatch, restart_frames: 
 def test_steady_writes_do_not_grow_the_wal_without_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a writer that commits steadily, faster than a passive checkpoint catches up
-    # (such a checkpoint never reaches the WAL's end, so the WAL never starts again)
-    steady = Database(f"sqlite:///{tmp_path / 'steady.db'}")
-    unbounded = Database(f"sqlite:///{tmp_path / 'unbounded.db'}")
-    try:
-        # When the checkpointer starts the WAL again past 1 MB (256 frames) ...
-        bounded = _largest_wal(steady, monkeypatch, restart_frames=256)
-        # ... and, for comparison, never
-        grown = _largest_wal(unbounded, monkeypatch, restart_frames=10**9)
-        # Then the WAL stays within a few MB (its writes between two rounds), where without
-        # restarts it grows by a hundred or more (fewer on a slower machine, both alike)
-        assert bounded < 32 * 2**20, bounded
-        assert grown > 4 * bounded, (grown, bounded)
-    finally:
-        steady.dispose()
-        unbounded.dispose()
+    # Given another process that commits steadily, faster than a passive checkpoint
+    # catches up (such a checkpoint never reaches the WAL's end, so the WAL never starts
+    # again), its commits unseen by the checkpointer, which runs every 50 ms
+    monkeypatch.setattr(database, "_RESTART_SLACK", 512)
+    sizes = {}
+    for restart_frames in (256, 10**9):
+        path = tmp_path / f"restart-{restart_frames}.db"
+        db, writer = Database(f"sqlite:///{path}"), Database(f"sqlite:///{path}")
+        try:
+            # When the checkpointer starts the WAL again past 1 MB (256 frames), and, for
+            # comparison, never
+            monkeypatch.setattr(database, "_RESTART_FRAMES", restart_frames)
+            sizes[restart_frames] = _largest_wal(db, writer)
+        finally:
+            db.dispose()
+            writer.dispose()
+    bounded, grown = sizes[256], sizes[10**9]
+    # Then the WAL stays within a few MB (its writes between two rounds), where without
+    # restarts it grows by a hundred or more (fewer on a slower machine, both alike)
+    assert bounded < 32 * 2**20, bounded
+    assert grown > 4 * bounded, (grown, bounded)
+
+
+@HEAVY  # its writer's pace is what it checks
+def test_each_commit_wakes_the_checkpointer(tmp_path: Path) -> None:
+    # Given a checkpointer that would otherwise run once a minute
+    sizes = {}
+    for who in ("this process", "another process"):
+        path = tmp_path / f"{who.replace(' ', '-')}.db"
+        db = Database(f"sqlite:///{path}")
+        writer = db if who == "this process" else Database(f"sqlite:///{path}")
+        try:
+            # When a writer commits 512 KB every 20 ms for 1 s (25 MB), through this
+            # Database or through another (whose commits it does not see)
+            sizes[who] = _largest_wal(db, writer, interval=60, seconds=1, pause=0.02)
+        finally:
+            db.dispose()
+            writer.dispose()
+    # Then this process's commits are each copied while the writer pauses, so the WAL
+    # starts again from its beginning at the next commit and stays at about one commit
+    # (each commit rewrites whole rows: a few MB at most); the other's pile up
+    assert sizes["this process"] < 6 * 2**20, sizes
+    assert sizes["another process"] > 3 * sizes["this process"], sizes

@@ -9,6 +9,7 @@ unique constraints and `ON CONFLICT`, not "check then insert".
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -64,6 +65,7 @@ class Database:
         self._generation = 0  # of the SQLite pool's connections, renewed by `_reconnect`
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpointer = threading.Event()
+        self._committed = threading.Event()  # set by each write commit: checkpoint now
         kwargs: dict[str, Any] = {
             "json_serializer": _json_dumps,
             "json_deserializer": orjson.loads,
@@ -182,6 +184,7 @@ class Database:
                     conn = conn.execution_options(nurture_write=True)
                     with conn.begin():
                         yield conn
+                    self._committed.set()
                 finally:
                     if wait is not None:
                         raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
@@ -248,23 +251,55 @@ class Database:
 
         Otherwise the commit that crosses the autocheckpoint threshold does that work
         while holding the write lock. sqlite3 releases the GIL while it checkpoints, so
-        this runs on the other core. PASSIVE never blocks readers or the writer."""
+        this runs on the other core. PASSIVE never blocks readers or the writer.
+
+        A round runs right after each commit of this process (at most `interval` apart
+        otherwise, for other processes' commits), so that it copies one commit's pages
+        while the writer is between transactions. Rounds every 0.5 s copied 25 commits'
+        pages at once (40-80 ms of writing and fsync), and the commits that overlapped
+        them took twice as long: real-time p99 from a request's arrival fell from 18-21
+        to 13-15 ms when rounds followed commits. Under back-to-back commits a round
+        starts when the one before ended, and copies whatever committed meanwhile."""
         if not self.is_sqlite or self._checkpointer is not None:
             return
         self._stop_checkpointer.clear()
 
         def run() -> None:
             restart_after, backoff = 0.0, _RESTART_BACKOFF[0]
-            while not self._stop_checkpointer.wait(interval):
-                try:
-                    with self.engine.connect() as conn:
-                        if self._checkpoint(conn, restart=time.monotonic() >= restart_after):
-                            backoff = _RESTART_BACKOFF[0]
-                        else:
-                            restart_after = time.monotonic() + backoff
-                            backoff = min(2 * backoff, _RESTART_BACKOFF[1])
-                except Exception:  # a busy or closing database: try again next time
-                    continue
+            # A connection of its own, kept: one taken from the pool each round would be
+            # the one the writer returned last, whose page cache the writer's next
+            # transaction wants (`pool_use_lifo`). Opened again after the pool was renewed.
+            conn: Connection | None = None
+            generation = -1
+            try:
+                while not self._stop_checkpointer.is_set():
+                    self._committed.wait(interval)
+                    self._committed.clear()
+                    if self._stop_checkpointer.is_set():
+                        return
+                    try:
+                        if conn is None or generation != self._generation:
+                            if conn is not None:
+                                conn.close()
+                            conn, generation = self.engine.connect(), self._generation
+                        try:
+                            restart = time.monotonic() >= restart_after
+                            if self._checkpoint(conn, restart=restart):
+                                backoff = _RESTART_BACKOFF[0]
+                            else:
+                                restart_after = time.monotonic() + backoff
+                                backoff = min(2 * backoff, _RESTART_BACKOFF[1])
+                        finally:
+                            conn.rollback()
+                    except Exception:  # a busy or closing database: try again next time
+                        if conn is not None:
+                            with contextlib.suppress(Exception):
+                                conn.invalidate()
+                                conn.close()
+                        conn = None
+            finally:
+                if conn is not None:
+                    conn.close()
 
         self._checkpointer = threading.Thread(target=run, name="nurture-checkpoint", daemon=True)
         self._checkpointer.start()
@@ -300,6 +335,7 @@ class Database:
     def stop_checkpointer(self) -> None:
         if self._checkpointer is not None:
             self._stop_checkpointer.set()
+            self._committed.set()  # wakes it
             self._checkpointer.join()
             self._checkpointer = None
             self._reconnect()  # connections made from now on checkpoint on commit
