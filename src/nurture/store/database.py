@@ -257,8 +257,8 @@ class Database:
         otherwise, for other processes' commits), so that it copies one commit's pages
         while the writer is between transactions. Rounds every 0.5 s copied 25 commits'
         pages at once (40-80 ms of writing and fsync), and the commits that overlapped
-        them took twice as long: real-time p99 from a request's arrival fell from 18-21
-        to 13-15 ms when rounds followed commits. Under back-to-back commits a round
+        them took twice as long: real-time p99 from a request's arrival fell from 21-23
+        to 13 ms when rounds followed commits. Under back-to-back commits a round
         starts when the one before ended, and copies whatever committed meanwhile."""
         if not self.is_sqlite or self._checkpointer is not None:
             return
