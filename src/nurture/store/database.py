@@ -264,6 +264,12 @@ class Database:
             return
         self._stop_checkpointer.clear()
 
+        def next_round() -> bool:
+            """Wait for a commit (or `interval`); False once told to stop."""
+            self._committed.wait(interval)
+            self._committed.clear()
+            return not self._stop_checkpointer.is_set()
+
         def run() -> None:
             restart_after, backoff = 0.0, _RESTART_BACKOFF[0]
             # A connection of its own, kept: one taken from the pool each round would be
@@ -271,35 +277,27 @@ class Database:
             # transaction wants (`pool_use_lifo`). Opened again after the pool was renewed.
             conn: Connection | None = None
             generation = -1
-            try:
-                while not self._stop_checkpointer.is_set():
-                    self._committed.wait(interval)
-                    self._committed.clear()
-                    if self._stop_checkpointer.is_set():
-                        return
-                    try:
-                        if conn is None or generation != self._generation:
-                            if conn is not None:
-                                conn.close()
-                            conn, generation = self.engine.connect(), self._generation
-                        try:
-                            restart = time.monotonic() >= restart_after
-                            if self._checkpoint(conn, restart=restart):
-                                backoff = _RESTART_BACKOFF[0]
-                            else:
-                                restart_after = time.monotonic() + backoff
-                                backoff = min(2 * backoff, _RESTART_BACKOFF[1])
-                        finally:
-                            conn.rollback()
-                    except Exception:  # a busy or closing database: try again next time
+            while next_round():
+                try:
+                    if conn is None or generation != self._generation:
                         if conn is not None:
-                            with contextlib.suppress(Exception):
-                                conn.invalidate()
-                                conn.close()
-                        conn = None
-            finally:
-                if conn is not None:
-                    conn.close()
+                            conn.close()
+                        conn, generation = self.engine.connect(), self._generation
+                    done = self._checkpoint(conn, restart=time.monotonic() >= restart_after)
+                    conn.rollback()
+                except Exception:  # a busy or closing database: try again next time
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                    conn = None
+                    continue
+                if done:
+                    backoff = _RESTART_BACKOFF[0]
+                else:
+                    restart_after = time.monotonic() + backoff
+                    backoff = min(2 * backoff, _RESTART_BACKOFF[1])
+            if conn is not None:
+                conn.close()
 
         self._checkpointer = threading.Thread(target=run, name="nurture-checkpoint", daemon=True)
         self._checkpointer.start()
